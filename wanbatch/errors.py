@@ -59,3 +59,11 @@ class InterruptedRender(Exception):
 
     def __str__(self) -> str:
         return f"interrupted ({self.reason}) at step {self.step}"
+
+
+class TransientError(ConnectionError):
+    """A failure worth retrying (throttled or unreachable S3): the job exits 75 and Batch retries it."""
+
+
+class ConfigError(ValueError):
+    """A deployment setting (an environment variable the stack sets) is missing or malformed."""

@@ -36,6 +36,11 @@ def error_key(run_id: str, item_id: str) -> str:
     return f"{run_prefix(run_id)}{item_id}.error.json"
 
 
+def child_error_key(run_id: str, array_index: int) -> str:
+    """Error record of an array child that failed before it knew its items (bad spec or index)."""
+    return f"{run_prefix(run_id)}child-{array_index:05d}.error.json"
+
+
 def progress_key(run_id: str, item_id: str) -> str:
     return f"{run_prefix(run_id)}{item_id}.progress.json"
 

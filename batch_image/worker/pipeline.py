@@ -1,0 +1,285 @@
+"""Load Wan2.2's components and run our own denoising loop over them.
+
+The loop matches `WanPipeline.__call__` step for step (same frames for the same inputs) but can start at
+any step from a saved state and reports every step, which the pipeline's own call cannot do.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wanbatch.spec import SpecItem
+from worker.offload import OffloadPlan, apply_plan
+
+log = logging.getLogger(__name__)
+
+TRANSFORMER_DTYPE = torch.bfloat16  # experts and text encoder
+VAE_DTYPE = torch.float32  # the Wan VAE decodes noticeably worse in half precision
+MAX_SEQUENCE_LENGTH = 512  # UMT5 tokens, as WanPipeline
+HIGH_NOISE, LOW_NOISE = "high-noise", "low-noise"
+ATTENTION_BACKENDS = ("auto", "native", "flash", "_flash_3", "sage", "_native_cudnn", "_native_flash", "flex")
+
+# The UniPC scheduler's fields that change while it steps; everything else follows from set_timesteps.
+SCHEDULER_STATE_FIELDS = (
+    "model_outputs",
+    "timestep_list",
+    "lower_order_nums",
+    "last_sample",
+    "this_order",
+    "_step_index",
+    "_begin_index",
+)
+
+
+@dataclass
+class LoadedPipeline:
+    pipe: Any  # diffusers.WanPipeline holding the components
+    device: str
+    plan: OffloadPlan
+    attention_backend: str
+
+    @property
+    def boundary_ratio(self) -> float | None:
+        return self.pipe.config.boundary_ratio
+
+
+@dataclass
+class DenoiseState:
+    """Everything needed to continue denoising after `step` completed steps."""
+
+    step: int
+    latents: torch.Tensor
+    scheduler: dict[str, Any]
+    generator: torch.Tensor
+
+
+@dataclass
+class StepInfo:
+    index: int  # 0-based index of the step just completed
+    total: int
+    expert: str
+    seconds: float
+    state: Callable[[], DenoiseState]  # snapshot on demand (copies to CPU)
+
+
+@dataclass
+class Render:
+    frames: np.ndarray  # (frames, height, width, 3) float32 in [0, 1], as WanPipeline(output_type="np")
+    start_step: int
+    scheduler_config: dict
+    timings: dict[str, Any] = field(default_factory=dict)
+
+
+def pick_attention_backend(requested: str, device: str) -> str:
+    """`auto`: the fastest kernel installed for this GPU; PyTorch's SDPA otherwise."""
+    if requested not in ATTENTION_BACKENDS:
+        raise ValueError(
+            f"ATTENTION_BACKEND must be one of {', '.join(ATTENTION_BACKENDS)}, got {requested!r}"
+        )
+    if requested != "auto":
+        return requested
+    if device == "cpu":
+        return "native"
+    import importlib.util
+
+    major, _ = torch.cuda.get_device_capability()
+    if major == 9 and importlib.util.find_spec("flash_attn_interface"):
+        return "_flash_3"
+    if major >= 8 and importlib.util.find_spec("flash_attn"):
+        return "flash"
+    return "native"  # SDPA picks flash/cuDNN/efficient kernels itself
+
+
+def load_pipeline(model_dir: Path, *, plan: OffloadPlan, attention: str = "auto", device: str | None = None):
+    """Components from a Diffusers-format folder: bf16 experts and text encoder, fp32 VAE."""
+    import transformers
+    from diffusers import AutoencoderKLWan, WanPipeline
+    from diffusers.utils import logging as diffusers_logging
+
+    # Progress bars are noise in CloudWatch; our own JSON lines report progress.
+    diffusers_logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    vae = AutoencoderKLWan.from_pretrained(model_dir, subfolder="vae", dtype=VAE_DTYPE)
+    pipe = WanPipeline.from_pretrained(model_dir, vae=vae, dtype=TRANSFORMER_DTYPE)
+    pipe.set_progress_bar_config(disable=True)
+    backend = pick_attention_backend(attention, device)
+    if backend != "native":
+        for expert in (pipe.transformer, pipe.transformer_2):
+            if expert is not None:
+                expert.set_attention_backend(backend)
+    apply_plan(pipe, plan, device)
+    return LoadedPipeline(pipe=pipe, device=device, plan=plan, attention_backend=backend)
+
+
+def make_scheduler(pipe, flow_shift: float):
+    """A fresh scheduler per item, with the item's flow shift (Wan's `shift`)."""
+    return type(pipe.scheduler).from_config(pipe.scheduler.config, flow_shift=flow_shift)
+
+
+def capture_state(step: int, latents: torch.Tensor, scheduler, generator: torch.Generator) -> DenoiseState:
+    def cpu(value):
+        if isinstance(value, torch.Tensor):
+            return value.detach().to("cpu", copy=True)
+        if isinstance(value, list):
+            return [cpu(v) for v in value]
+        return value
+
+    fields = {name: cpu(getattr(scheduler, name)) for name in SCHEDULER_STATE_FIELDS}
+    return DenoiseState(step=step, latents=cpu(latents), scheduler=fields, generator=generator.get_state())
+
+
+def _restore_scheduler(scheduler, saved: dict[str, Any], device) -> None:
+    def to(value):
+        if isinstance(value, torch.Tensor):
+            return value.to(device)
+        if isinstance(value, list):
+            return [to(v) for v in value]
+        return value
+
+    for name in SCHEDULER_STATE_FIELDS:
+        setattr(scheduler, name, to(saved[name]))
+
+
+def generate(
+    loaded: LoadedPipeline,
+    item: SpecItem,
+    *,
+    resume_from: DenoiseState | None = None,
+    on_step: Callable[[StepInfo], None] | None = None,
+    max_sequence_length: int = MAX_SEQUENCE_LENGTH,
+    output_type: str = "np",
+) -> Render:
+    """Render one spec item; `resume_from` continues a saved state, `on_step` runs after every step."""
+    pipe = loaded.pipe
+    timings: dict[str, Any] = {}
+
+    # 1. Check inputs: sizes must patchify exactly (WanPipeline would silently round them).
+    multiple = pipe.vae_scale_factor_spatial * (pipe.transformer or pipe.transformer_2).config.patch_size[1]
+    if item.width % multiple or item.height % multiple:
+        raise ValueError(f"width and height must be multiples of {multiple}, got {item.width}x{item.height}")
+    if (item.num_frames - 1) % pipe.vae_scale_factor_temporal:
+        raise ValueError(f"num_frames must be {pipe.vae_scale_factor_temporal}k+1, got {item.num_frames}")
+    device = pipe._execution_device
+    do_cfg = item.guidance_scale > 1.0  # as WanPipeline: decided by the first scale for both experts
+
+    # 2. Encode the prompt (and the negative prompt for classifier-free guidance).
+    started = time.perf_counter()
+    with torch.no_grad():
+        prompt_embeds, negative_embeds = pipe.encode_prompt(
+            prompt=item.prompt,
+            negative_prompt=item.negative_prompt,
+            do_classifier_free_guidance=do_cfg,
+            num_videos_per_prompt=1,
+            max_sequence_length=max_sequence_length,
+            device=device,
+        )
+    transformer_dtype = (pipe.transformer or pipe.transformer_2).dtype
+    prompt_embeds = prompt_embeds.to(transformer_dtype)
+    negative_embeds = negative_embeds.to(transformer_dtype) if negative_embeds is not None else None
+    timings["text_encode_s"] = time.perf_counter() - started
+
+    # 3. Timesteps from a scheduler configured with the item's flow shift.
+    scheduler = make_scheduler(pipe, item.flow_shift)
+    scheduler.set_timesteps(item.steps, device=device)
+    scheduler.set_begin_index(0)
+    timesteps = scheduler.timesteps
+    boundary = pipe.config.boundary_ratio
+    boundary_timestep = boundary * scheduler.config.num_train_timesteps if boundary is not None else None
+
+    # 4. Initial noise from a CPU generator seeded by the item, or the saved state.
+    generator = torch.Generator("cpu").manual_seed(item.seed)
+    in_channels = (pipe.transformer or pipe.transformer_2).config.in_channels
+    latents = pipe.prepare_latents(
+        1, in_channels, item.height, item.width, item.num_frames, torch.float32, device, generator, None
+    )
+    start_step = 0
+    if resume_from is not None:
+        if resume_from.latents.shape != latents.shape:
+            raise ValueError(
+                f"saved latents have shape {tuple(resume_from.latents.shape)}, need {tuple(latents.shape)}"
+            )
+        latents = resume_from.latents.to(device=device, dtype=torch.float32)
+        _restore_scheduler(scheduler, resume_from.scheduler, device)
+        generator.set_state(resume_from.generator)
+        start_step = resume_from.step
+
+    # 5. Denoising loop: the high-noise expert above the boundary timestep, the low-noise one below.
+    step_seconds: list[float] = []
+    denoise_started = time.perf_counter()
+    for i in range(start_step, len(timesteps)):
+        step_started = time.perf_counter()
+        t = timesteps[i]
+        if boundary_timestep is None or t >= boundary_timestep:
+            model, guidance, expert = pipe.transformer, item.guidance_scale, HIGH_NOISE
+        else:
+            model, guidance, expert = pipe.transformer_2, item.guidance_scale_2, LOW_NOISE
+        model_input = latents.to(transformer_dtype)
+        timestep = t.expand(latents.shape[0])
+        with torch.no_grad():
+            noise_pred = model(
+                hidden_states=model_input,
+                timestep=timestep,
+                encoder_hidden_states=prompt_embeds,
+                return_dict=False,
+            )[0]
+            if do_cfg:
+                noise_uncond = model(
+                    hidden_states=model_input,
+                    timestep=timestep,
+                    encoder_hidden_states=negative_embeds,
+                    return_dict=False,
+                )[0]
+                noise_pred = noise_uncond + guidance * (noise_pred - noise_uncond)
+            latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # honest per-step timings
+        step_seconds.append(time.perf_counter() - step_started)
+        if on_step is not None:
+            done, lat = i + 1, latents
+            on_step(
+                StepInfo(
+                    index=i,
+                    total=len(timesteps),
+                    expert=expert,
+                    seconds=step_seconds[-1],
+                    state=lambda done=done, lat=lat: capture_state(done, lat, scheduler, generator),
+                )
+            )
+    timings["denoise_s"] = time.perf_counter() - denoise_started
+    timings["step_s"] = step_seconds
+
+    # 6. Decode with the fp32 VAE, un-normalising the latents as WanPipeline does.
+    started = time.perf_counter()
+    if output_type == "latent":
+        frames = latents
+    else:
+        vae = pipe.vae
+        latents = latents.to(_module_device(vae), dtype=vae.dtype)
+        z_shape = (1, vae.config.z_dim, 1, 1, 1)
+        mean = torch.tensor(vae.config.latents_mean).view(z_shape).to(latents.device, latents.dtype)
+        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(z_shape).to(latents.device, latents.dtype)
+        with torch.no_grad():
+            video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
+        frames = pipe.video_processor.postprocess_video(video, output_type=output_type)[0]
+    timings["vae_decode_s"] = time.perf_counter() - started
+
+    # 7. Free the offload hooks' GPU copies before the next item.
+    pipe.maybe_free_model_hooks()
+    return Render(
+        frames=frames, start_step=start_step, scheduler_config=dict(scheduler.config), timings=timings
+    )
+
+
+def _module_device(module) -> torch.device:
+    from diffusers.utils.torch_utils import get_module_execution_device
+
+    return get_module_execution_device(module)

@@ -1,0 +1,1 @@
+"""GPU benchmarks for the Wan2.2-A14B worker (see BENCHMARKS.md)."""

@@ -1,0 +1,1 @@
+"""CDK stacks and constructs of the deployment (see app.py and ../shared/DESIGN.md)."""
