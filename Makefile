@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m wanbatch.demo
+	$(PY) -m wanbatch.local.demo
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

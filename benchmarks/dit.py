@@ -271,6 +271,34 @@ def compile_phase(
     )
 
 
+def accuracy_phase(size: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Which bf16 variants are lossless: each one's error against an fp32 forward of the same weights.
+
+    The bf16 variants (eager with the default attention, the FA2 backend, regional compile) differ from
+    each other only in rounding; a variant is lossless if it is no farther from fp32 than the default is.
+    """
+    inputs = make_inputs(size, 1, args.device, args.tiny)
+    model = build_ours(args.device, args.tiny)
+    outs = {"eager_default": forward_ours(model, inputs).float().cpu()}
+    model.set_attention_backend("_native_flash")
+    outs["eager_native_flash"] = forward_ours(model, inputs).float().cpu()
+    model.set_attention_backend("native")
+    model.compile_repeated_blocks(fullgraph=True, dynamic=False)
+    forward_ours(model, inputs)  # compile
+    outs["compiled_default"] = forward_ours(model, inputs).float().cpu()
+    for block in model.modules():  # back to eager: the reference must not be compiled
+        block._compiled_call_impl = None
+    model = model.float()  # the same weights, upcast; matmuls in true fp32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    t, ref = common.time_call(lambda: forward_ours(model, tuple(x.float() for x in inputs)), args.device)
+    ref = ref.float().cpu()
+    res: dict[str, Any] = {"fp32_forward_s": t}
+    res.update({f"{name}_vs_fp32": compare(out, ref) for name, out in outs.items()})
+    res["compiled_vs_eager"] = compare(outs["compiled_default"], outs["eager_default"])
+    return res
+
+
 def summarize(rec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """The results.json keys: best lossless CFG step per size, MFU, ratio to the official code."""
     keys: dict[str, Any] = {
@@ -300,6 +328,12 @@ def summarize(rec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             rate = 2 * flops_per_forward(size, args.tiny) / best_cfg / 1e12
             keys[f"dit_{size}_tflops"] = round(rate, 1)
             keys[f"dit_{size}_mfu"] = round(rate / rec["matmul_tflops"], 3)
+        att = rec.get(f"attention_{size}") or {}
+        for name in ("default", "cudnn", "flash", "efficient"):
+            if att.get(name):
+                keys[f"attention_{size}_tflops_{name}"] = round(att[name]["tflops"], 1)
+        if att.get("default_kernels"):
+            keys["sdpa_default_kernels"] = att["default_kernels"]
         off = rec.get(f"official_{size}_b1")
         if off:
             keys[f"official_{size}_forward_s"] = round(off["median_s"], 3)
@@ -318,10 +352,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=540.0, help="skip optional phases past this")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tiny", action="store_true", help="2-layer model, small latents (code check only)")
+    parser.add_argument("--accuracy", action="store_true", help="only: bf16 variants against an fp32 forward")
     args = parser.parse_args(argv)
     for size in args.sizes:
         if size not in common.LATENT_SHAPES:
             parser.error(f"--sizes: unknown size {size!r}; choose from {sorted(common.LATENT_SHAPES)}")
+    if args.accuracy:
+        acc: dict[str, Any] = {"facts": common.machine_facts()}
+        for size in args.sizes:
+            acc[size] = run_guarded(acc, size, lambda size=size: accuracy_phase(size, args))
+            log(f"accuracy {size}: {acc[size]}")
+            common.write_part("dit_accuracy", acc)
+        common.merge_results({f"dit_{size}_accuracy": acc[size] for size in args.sizes if acc.get(size)})
+        return 0
     t0 = time.perf_counter()
 
     def left() -> float:

@@ -22,7 +22,7 @@ from constructs import Construct
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LAMBDA_PATHS = ("lambdas", "wanbatch")
-IMAGE_PATHS = ("batch_image", "wanbatch", "pyproject.toml")
+IMAGE_PATHS = ("batch_image", "wanbatch")  # what batch_image/Dockerfile COPYs
 DOCKERFILE = "batch_image/Dockerfile"
 _NEVER = ("**/__pycache__", "**/*.pyc", "**/.pytest_cache", "*.egg-info")
 
@@ -30,7 +30,7 @@ _NEVER = ("**/__pycache__", "**/*.pyc", "**/.pytest_cache", "*.egg-info")
 def allow_only(paths: tuple[str, ...]) -> list[str]:
     """Glob excludes that drop everything at the root except `paths` (folders keep their contents)."""
     keep = [f"!{p}" for p in paths] + [f"!{p}/**" for p in paths]
-    return ["*", *keep, *_NEVER]
+    return ["*", ".*", *keep, *_NEVER]  # "*" does not match dot-folders (.git, .venv, .cache)
 
 
 def lambda_code() -> lambda_.Code:

@@ -17,7 +17,7 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from stacks.config import JobSize, S3Location
-from stacks.nag import acknowledge
+from stacks.nag import acknowledge, acknowledge_prefixes
 from wanbatch.layout import RESUME_PREFIX, RUNS_PREFIX
 
 MODEL_CACHE_DIR = "/mnt/models"
@@ -146,6 +146,7 @@ class Compute(Construct):
             minv_cpus=0,
             maxv_cpus=max(cache_fill_size.vcpus + 1, 2),
         )
+        self._pin_launch_template_version(cache_environment)
         self.cache_queue = batch.JobQueue(
             self,
             "CacheFillQueue",
@@ -207,7 +208,7 @@ class Compute(Construct):
     def _gpu_environment(
         self, id_: str, instance_types: tuple[str, ...], max_vcpus: int, *, spot: bool
     ) -> batch.ManagedEc2EcsComputeEnvironment:
-        return batch.ManagedEc2EcsComputeEnvironment(
+        environment = batch.ManagedEc2EcsComputeEnvironment(
             self,
             id_,
             vpc=self._vpc,
@@ -226,6 +227,16 @@ class Compute(Construct):
             instance_role=self._instance_role,
             minv_cpus=0,  # scale to zero: no GPU is paid for while the queue is empty
             maxv_cpus=max_vcpus,
+        )
+        self._pin_launch_template_version(environment)
+        return environment
+
+    def _pin_launch_template_version(self, environment: batch.ManagedEc2EcsComputeEnvironment) -> None:
+        # Without a version Batch keeps launching the template's first (default) version; pinning
+        # the latest one makes a user-data or volume change reach new instances on deploy.
+        cfn = environment.node.default_child
+        cfn.add_property_override(
+            "ComputeResources.LaunchTemplate.Version", self._launch_template.latest_version_number
         )
 
     @staticmethod
@@ -292,9 +303,16 @@ class Compute(Construct):
             volumes=volumes,
             # PyTorch workers and NCCL share tensors through /dev/shm; Docker's 64 MiB default is too small.
             linux_parameters=batch.LinuxParameters(
-                self, f"{id_}Linux", shared_memory_size=Size.gibibytes(max(2, 8 * max(size.gpus, 1)))
+                self, f"{id_}Linux", shared_memory_size=Size.gibibytes(8 * size.gpus or 2)
             ),
             logging=ecs.LogDriver.aws_logs(stream_prefix=id_.lower(), log_group=self.log_group),
+        )
+        acknowledge(
+            container.execution_role,
+            {
+                "AwsSolutions-IAM5[Resource::*]": "ecr:GetAuthorizationToken, which the execution role "
+                "needs to pull the image, supports no resource-level permissions."
+            },
         )
         return batch.EcsJobDefinition(
             self,
@@ -342,6 +360,22 @@ class Compute(Construct):
         )
         role.add_to_policy(self._efs_client_statement())
         self._grant_mirror(role)
+        acknowledge_prefixes(
+            role,
+            bucket,
+            {
+                RUNS_PREFIX: "The job reads its run's spec and writes videos, manifests, progress and errors "
+                "under runs/<run_id>/; run ids are only known at submit time.",
+                RESUME_PREFIX: "Spot-resume state lives under resume/<run_id>/<item>/, created per run.",
+            },
+        )
+        acknowledge(
+            role,
+            {
+                "AwsSolutions-IAM5[Resource::*]": "ec2:DescribeSpotPriceHistory and batch:DescribeJobs "
+                "support no resource-level permissions (manifest cost and queue-wait facts)."
+            },
+        )
         return role
 
     def _make_cache_role(self) -> iam.Role:
@@ -370,6 +404,13 @@ class Compute(Construct):
                 resources=[bucket_arn],
                 conditions={"StringLike": {"s3:prefix": [f"{self._mirror.prefix}*"]}},
             )
+        )
+        acknowledge(
+            role,
+            {
+                f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::{self._mirror.bucket}/"
+                f"{self._mirror.prefix}*]": "Read-only access to the configured weight mirror's prefix."
+            },
         )
 
     def _suppress_nag(self) -> None:

@@ -78,7 +78,6 @@ class Monitoring(Construct):
             dimensions_map={"RuleName": failed_jobs_rule.rule_name},
             statistic="Sum",
             period=Duration.minutes(5),
-            label="Failed Batch jobs",
         )
         alarm_specs: list[tuple[str, cloudwatch.IMetric, str]] = [
             ("FailedJobs", failed_jobs, "A Batch job of the video queue FAILED"),
@@ -119,7 +118,7 @@ class Monitoring(Construct):
                 left=[f.metric_invocations() for f in functions.values()],
                 right=[f.metric_errors() for f in functions.values()],
             ),
-            cloudwatch.GraphWidget(title="Failed Batch jobs", left=[failed_jobs]),
+            cloudwatch.GraphWidget(title="Failed Batch jobs", left=[failed_jobs.with_(label="Failed jobs")]),
             cloudwatch.SingleValueWidget(
                 title="Dead letters",
                 metrics=[dead_letter_queue.metric_approximate_number_of_messages_visible()],

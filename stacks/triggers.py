@@ -22,11 +22,12 @@ from constructs import Construct
 
 from stacks.bundling import lambda_code
 from stacks.config import ScheduleConfig
+from stacks.nag import acknowledge, acknowledge_prefixes
 from wanbatch.layout import PROMPT_SUFFIXES, PROMPTS_PREFIX, REJECTED_PREFIX, RUNS_PREFIX, SCHEDULES_PREFIX
 
-RUNTIME = lambda_.Runtime.PYTHON_3_13
+RUNTIME = lambda_.Runtime.PYTHON_3_14
 POWERTOOLS_LAYER = (
-    "arn:aws:lambda:{region}:017000801446:layer:AWSLambdaPowertoolsPythonV3-python313-x86_64:{version}"
+    "arn:aws:lambda:{region}:017000801446:layer:AWSLambdaPowertoolsPythonV3-python314-x86_64:{version}"
 )
 SERVICE_NAME = "wanbatch"
 METRICS_NAMESPACE = "WanBatch"
@@ -60,6 +61,13 @@ class Triggers(Construct):
             encryption=sqs.QueueEncryption.SQS_MANAGED,
             enforce_ssl=True,
             retention_period=Duration.days(14),
+        )
+        acknowledge(
+            self.dead_letter_queue,
+            {
+                "AwsSolutions-SQS3": "This queue is the dead-letter destination of the Lambdas, rules and "
+                "schedules (nag only recognises queues named in another queue's redrive policy)."
+            },
         )
         self._layer = lambda_.LayerVersion.from_layer_version_arn(
             self,
@@ -183,6 +191,16 @@ class Triggers(Construct):
             )
         )
         table.grant_read_write_data(fn)
+        acknowledge_prefixes(
+            fn,
+            bucket,
+            {
+                PROMPTS_PREFIX: "Reads any prompt file a user uploads under prompts/ (the trigger).",
+                SCHEDULES_PREFIX: "Reads the prompt files that configured schedules name.",
+                RUNS_PREFIX: "Writes runs/<run_id>/spec.json and run.json for run ids made per upload.",
+                REJECTED_PREFIX: "Writes rejected/<key>.error.json for any rejected prompt file.",
+            },
+        )
         fn.add_to_role_policy(
             iam.PolicyStatement(
                 sid="SubmitToThisQueue",
@@ -205,6 +223,13 @@ class Triggers(Construct):
                 ],
                 resources=["*"],
             )
+        )
+        acknowledge(
+            fn,
+            {
+                "AwsSolutions-IAM5[Resource::*]": "batch:ListJobs and batch:Describe* support no "
+                "resource-level permissions; SubmitJob itself is limited to this queue and its definitions."
+            },
         )
 
     def _grant_failures(self, bucket: s3.IBucket) -> None:
@@ -231,6 +256,16 @@ class Triggers(Construct):
                 resources=["*"],
             )
         )
+        acknowledge(
+            fn,
+            {
+                "AwsSolutions-IAM5[Resource::*]": "batch:ListJobs and batch:DescribeJobs support no "
+                "resource-level permissions.",
+            },
+        )
+        acknowledge_prefixes(
+            fn, bucket, {RUNS_PREFIX: "Reads specs and writes error records under runs/<run_id>/ of any run."}
+        )
 
     def _schedule(self, config: ScheduleConfig) -> None:
         # The payload of the submission contract; `time` is the firing time, so run ids are stable.
@@ -252,4 +287,13 @@ class Triggers(Construct):
                 dead_letter_queue=self.dead_letter_queue,
                 retry_attempts=3,
             ),
+        )
+        # The target's role (one per stack, shared by all schedules) may invoke the function and its versions.
+        function_id = Stack.of(self).get_logical_id(self.submit_function.node.default_child)
+        acknowledge(
+            Stack.of(self),
+            {
+                f"AwsSolutions-IAM5[Resource::<{function_id}.Arn>:*]": "EventBridge Scheduler may invoke "
+                "the submit function (and its versions, <arn>:*) and nothing else."
+            },
         )

@@ -67,3 +67,7 @@ class TransientError(ConnectionError):
 
 class ConfigError(ValueError):
     """A deployment setting (an environment variable the stack sets) is missing or malformed."""
+
+
+class CLIError(ValueError):
+    """A command line that cannot work (bad option combination, unreadable input): exit 2, no traceback."""

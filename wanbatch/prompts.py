@@ -188,9 +188,14 @@ def _load(data: bytes, *, jsonl: bool) -> Any:
 
 def _loads(text: str) -> Any:
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+        value = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+        # A \ud800-style escape decodes to a lone surrogate, which no output (spec, S3 key, log) can encode.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
     except RecursionError:
         raise ValueError("nested too deeply") from None
+    except UnicodeEncodeError:
+        raise ValueError("a \\u escape encodes half a character (a lone surrogate)") from None
+    return value
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -6,13 +6,12 @@ import logging
 import sys
 import time
 
-from wanbatch.errors import InterruptedRender, SpecError, TransientError
+from wanbatch.errors import ConfigError, InterruptedRender, SpecError, TransientError
 from worker import facts
 from worker.interrupts import Interrupts
 from worker.job import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
-    EXIT_OK,
     EXIT_RETRY,
     Context,
     bad_input_record,
@@ -34,15 +33,17 @@ def main() -> int:
         interrupts = Interrupts(imds, poll_s=settings.spot_poll_s)
         interrupts.install(poll_spot=imds.instance().lifecycle == "spot")
         if settings.warm_model:
-            return warm(settings)
-        spec, items, storage = load_chunk(settings)
-        emit("job_start", run_id=spec.run_id, index=settings.array_index, attempt=settings.attempt,
-             items=[i.id for i in items])  # fmt: skip
-        ctx = Context(settings, spec, storage, interrupts, container_started=started)
-        code = run_chunk(ctx, items)
-    except SpecError as exc:
+            from worker.warm import run_warm
+
+            code = run_warm(settings.warm_model, cache_dir=settings.model_cache_dir)
+        else:
+            spec, items, storage = load_chunk(settings)
+            emit("job_start", run_id=spec.run_id, index=settings.array_index, attempt=settings.attempt,
+                 items=[i.id for i in items])  # fmt: skip
+            code = run_chunk(Context(settings, spec, storage, interrupts, container_started=started), items)
+    except (SpecError, ConfigError) as exc:
         emit("bad_input", message=str(exc))
-        if settings is not None:
+        if settings is not None and isinstance(exc, SpecError):
             _best_effort(bad_input_record, settings, exc)
         code = EXIT_BAD_INPUT
     except (InterruptedRender, TransientError) as exc:
@@ -57,23 +58,6 @@ def main() -> int:
             interrupts.uninstall()
     emit("job_end", exit_code=code, seconds=round(time.perf_counter() - started, 3))
     return code
-
-
-def warm(settings: Settings) -> int:
-    """WARM_MODEL=<repo id>@<revision>: fill the checkpoint cache only (the cache-fill job)."""
-    from worker.checkpoints import ensure_model
-
-    repo_id, _, revision = settings.warm_model.partition("@")
-    if not repo_id:
-        raise SpecError(f"WARM_MODEL must be <repo id>@<revision>, got {settings.warm_model!r}")
-    model = ensure_model(
-        repo_id,
-        revision or "main",
-        cache_dir=settings.model_cache_dir,
-        local_cache_dir=settings.local_cache_dir,
-    )
-    emit("model_warm", repo_id=model.repo_id, commit=model.commit, seconds=round(model.fetch_seconds, 3))
-    return EXIT_OK
 
 
 def _best_effort(fn, *args) -> None:

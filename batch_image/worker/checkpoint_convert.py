@@ -30,7 +30,7 @@ def is_expert_index(rel_path: str) -> bool:
 
 
 def needs_conversion(src: Path) -> bool:
-    """True when a shard holds floating tensors that are not bf16 yet (an already-bf16 mirror is kept as is)."""
+    """True when a shard holds floating tensors that are not bf16 yet (bf16 mirrors are kept as is)."""
     with safe_open(src, framework="pt") as f:
         for name in f.keys():
             dtype = f.get_slice(name).get_dtype()
@@ -49,7 +49,7 @@ def convert_shard(src: Path, dst: Path) -> int:
         metadata = f.metadata()
         for name in f.keys():
             tensor = f.get_tensor(name)
-            # Each tensor is cast as it is read: the fp32 copy is freed right away, so peak RAM is ~1.5x bf16 shard.
+            # Cast as read: each fp32 tensor is freed at once, so peak RAM is ~1.5x the bf16 shard.
             tensors[name] = tensor.to(TARGET_DTYPE) if tensor.is_floating_point() else tensor
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     dst.parent.mkdir(parents=True, exist_ok=True)

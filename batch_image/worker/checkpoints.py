@@ -2,7 +2,8 @@
 
 Sources: a local Diffusers folder (the tiny model, weights a user already has) is used in place; a hub repo is
 downloaded once into `cache_dir` (EFS), its experts converted to bf16, hashed and marked complete (see
-worker.checkpoint_hub). With `local_cache_dir` (instance NVMe) a completed cache is promoted to a faster second tier.
+worker.checkpoint_hub). With `local_cache_dir` (instance NVMe) a completed cache is promoted to a
+faster second tier (worker.local_tier).
 """
 
 from __future__ import annotations
@@ -64,15 +65,12 @@ def ensure_model(
     """The spec's model as a ready Diffusers folder: filled into the cache on first use, reused after."""
     started = time.perf_counter()
     if repo_id.startswith("s3://"):
-        from worker.checkpoint_s3 import ensure_s3_model
-
-        resolved = ensure_s3_model(repo_id, revision, cache_dir=Path(cache_dir))
-    elif is_local_ref(repo_id):
+        raise ModelSourceError(f"S3 model sources are not supported yet: {repo_id}", repo_id=repo_id)
+    if is_local_ref(repo_id):
         return _local_model(repo_id, revision, cache_dir=Path(cache_dir), started=started)
-    else:
-        from worker.checkpoint_hub import ensure_hub_model
+    from worker.checkpoint_hub import ensure_hub_model
 
-        resolved = ensure_hub_model(repo_id, revision, cache_dir=Path(cache_dir))
+    resolved = ensure_hub_model(repo_id, revision, cache_dir=Path(cache_dir))
     if local_cache_dir is not None:
         from worker.local_tier import promote
 
@@ -119,7 +117,7 @@ def model_files(root: Path) -> list[Path]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in _IGNORED_DIRS)
         for name in sorted(filenames):
-            if name not in _IGNORED_NAMES and not name.endswith((".lock", ".tmp", ".incomplete")):
+            if name not in _IGNORED_NAMES and not name.endswith((".lock", ".tmp", ".incomplete", ".part")):
                 found.append(Path(dirpath) / name)
     return found
 

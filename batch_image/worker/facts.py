@@ -108,6 +108,7 @@ class Imds:
         ).rstrip("/")
         self.disabled = os.environ.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true"
         self._token: str | None = None
+        self._instance: Instance | None = None
 
     def _request(self, path: str, method: str = "GET", headers: dict | None = None) -> str | None:
         req = urllib.request.Request(f"{self.endpoint}{path}", method=method, headers=headers or {})
@@ -133,6 +134,11 @@ class Imds:
         return self._request(path, headers={"X-aws-ec2-metadata-token": self._token})
 
     def instance(self) -> Instance:
+        if self._instance is None:  # asked once: the answers do not change while the job runs
+            self._instance = self._ask_instance()
+        return self._instance
+
+    def _ask_instance(self) -> Instance:
         itype = self.get("/latest/meta-data/instance-type")
         if itype is None:
             return Instance()

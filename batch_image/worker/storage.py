@@ -74,8 +74,9 @@ class S3Storage:
             self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
 
     def upload(self, key: str, path: Path, content_type: str) -> None:
-        with _s3_errors(key):
-            self._s3.upload_file(str(path), self.bucket, key, ExtraArgs={"ContentType": content_type})
+        # One PUT (videos are tens of MB): its errors are plain ClientErrors, unlike the transfer manager's.
+        with _s3_errors(key), open(path, "rb") as body:
+            self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
 
     def delete(self, key: str) -> None:
         with _s3_errors(key):

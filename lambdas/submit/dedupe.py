@@ -1,4 +1,4 @@
-"""Powertools idempotency around `submit_run`, keyed by run_id, built on first use (not at import)."""
+"""Powertools idempotency around `submit_run`, keyed by run_id; nothing is built at import."""
 
 from __future__ import annotations
 
@@ -33,19 +33,20 @@ def idempotency_config() -> IdempotencyConfig:
     )
 
 
-@functools.cache
-def idempotent_submitter(table_name: str) -> Submitter:
+def idempotent_submitter(table_name: str, dynamodb: Any) -> Submitter:
     """`submit_run`, run at most once per run_id: a concurrent second call raises
-    IdempotencyAlreadyInProgressError (the Lambda fails, and its async retry finds the stored result)."""
+    IdempotencyAlreadyInProgressError (the Lambda fails, and its async retry finds the stored result).
+
+    Built per invocation around the caller's client, so it follows the endpoint that client was made for.
+    """
     return idempotent_function(
         data_keyword_argument="request",
         config=idempotency_config(),
-        persistence_store=DynamoDBPersistenceLayer(table_name=table_name),
+        persistence_store=DynamoDBPersistenceLayer(table_name=table_name, boto3_client=dynamodb),
         key_prefix=KEY_PREFIX,
     )(submit_run)
 
 
 def reset() -> None:
-    """Forget the cached config and persistence layer (tests, or a changed table name)."""
+    """Forget the cached config (tests)."""
     idempotency_config.cache_clear()
-    idempotent_submitter.cache_clear()

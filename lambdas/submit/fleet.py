@@ -20,6 +20,8 @@ def parallel_slots(batch, *, job_queue: str, job_definition: str) -> int:  # noq
     try:
         queues = batch.describe_job_queues(jobQueues=[job_queue])["jobQueues"]
         environments = [entry["computeEnvironment"] for q in queues for entry in q["computeEnvironmentOrder"]]
+        if not environments:  # an empty list would describe every environment in the account
+            raise KeyError(f"job queue {job_queue} not found or has no compute environment")
         described = batch.describe_compute_environments(computeEnvironments=environments)
         max_vcpus = sum(
             env.get("computeResources", {}).get("maxvCpus", 0) for env in described["computeEnvironments"]

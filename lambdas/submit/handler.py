@@ -29,7 +29,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     settings = SubmitSettings.from_env()
     idempotency_config().register_lambda_context(context)
     s3, batch = boto3.client("s3"), boto3.client("batch")
-    submit = idempotent_submitter(settings.idempotency_table)
+    submit = idempotent_submitter(settings.idempotency_table, boto3.client("dynamodb"))
     outcomes = [
         process_trigger(trigger, settings=settings, s3=s3, batch=batch, submit=submit)
         for trigger in triggers_from_event(event, default_bucket=os.environ.get("BUCKET"))

@@ -23,6 +23,8 @@ from wanbatch.spec import RunSpec, Source, make_run_id
 
 logger = Logger(child=True)
 
+MAX_ERRORS_SHOWN = 20  # in the response and the log line; the rejection record has them all
+
 # submit_run, or its idempotent wrapper (lambdas.submit.dedupe): called with keyword arguments only.
 Submitter = Callable[..., dict[str, Any]]
 
@@ -41,7 +43,8 @@ class Outcome:
     errors: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # The rejection record holds every error; the Lambda's response stays small.
+        return asdict(self) | {"errors": self.errors[:MAX_ERRORS_SHOWN], "error_count": len(self.errors)}
 
 
 @dataclass(frozen=True)
@@ -75,8 +78,12 @@ def process_trigger(
         job_definition = job_definition_for(settings, prompt_file)
     except PromptFileError as err:
         write_rejection(s3, trigger, obj, err)
-        logger.warning("rejected prompt file", extra={"key": trigger.key, "errors": len(err.errors)})
-        return Outcome("rejected", trigger.bucket, trigger.key, errors=[e.describe() for e in err.errors])
+        messages = [e.describe() for e in err.errors]
+        logger.warning(
+            "rejected prompt file",
+            extra={"key": trigger.key, "error_count": len(messages), "errors": messages[:MAX_ERRORS_SHOWN]},
+        )
+        return Outcome("rejected", trigger.bucket, trigger.key, errors=messages)
 
     # 4. Resolve into contract 4.
     run_id = make_run_id(
@@ -93,6 +100,7 @@ def process_trigger(
         settings=settings,
         s3=s3,
         batch=batch,
+        origin={"trigger": "schedule" if trigger.scheduled else "upload", "event_time": _iso(trigger.time)},
     )
     status = "duplicate" if record.get("duplicate") else "submitted"
     logger.info(f"run {status}", extra={"job_id": record["job_id"], "items": len(spec.items)})
@@ -180,6 +188,7 @@ def submit_run(
     settings: SubmitSettings,
     s3: Any,
     batch: Any,
+    origin: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Write spec.json, SubmitJob `wan-<run_id>` unless it exists, write run.json; returns run.json's content.
 
@@ -188,6 +197,9 @@ def submit_run(
     bucket, run_id = spec.source.bucket, spec.run_id
     if request.get("run_id") != run_id:
         raise ValueError(f"the idempotency key {request!r} is not the spec's run_id {run_id!r}")
+    existing = _get_json(s3, bucket, layout.run_record_key(run_id))
+    if existing is not None:  # submitted long ago, after its idempotency record expired
+        return {**existing, "duplicate": True}
     spec_key = layout.spec_key(run_id)
     _put_json(s3, bucket, spec_key, spec.model_dump(mode="json"))
     name = layout.job_name(run_id)
@@ -217,6 +229,7 @@ def submit_run(
         "gpus": spec.gpus,
         "model": spec.model.model_dump(),
         "submitted_at": _now(),
+        **(origin or {}),
     }
     _put_json(s3, bucket, layout.run_record_key(run_id), record)
     return record
@@ -257,5 +270,18 @@ def _put_json(s3: Any, bucket: str, key: str, body: dict[str, Any]) -> None:
     )
 
 
+def _get_json(s3: Any, bucket: str, key: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
+            return None
+        raise
+
+
 def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _iso(datetime.now(UTC))
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -15,13 +15,29 @@ RUN_ID = "cafe-a-paris-20260314T150926Z-1a2b3c4d"  # the sample events' job is w
 
 def write_spec(aws: FakeAws, n_items: int, items_per_job: int) -> RunSpec:
     items = [
-        SpecItem(id=f"p{i:04d}", prompt=f"prompt {i}", negative_prompt="", seed=i, width=832, height=480,
-                 num_frames=81, fps=16, steps=40, guidance_scale=4.0, guidance_scale_2=3.0, flow_shift=12.0)
+        SpecItem(
+            id=f"p{i:04d}",
+            prompt=f"prompt {i}",
+            negative_prompt="",
+            seed=i,
+            width=832,
+            height=480,
+            num_frames=81,
+            fps=16,
+            steps=40,
+            guidance_scale=4.0,
+            guidance_scale_2=3.0,
+            flow_shift=12.0,
+        )
         for i in range(n_items)
     ]
-    spec = RunSpec(run_id=RUN_ID, source=Source(bucket=BUCKET, key="prompts/x.json"),
-                   model={"id": "Wan-AI/Wan2.2-T2V-A14B-Diffusers", "revision": "main"},
-                   items_per_job=items_per_job, items=items)
+    spec = RunSpec(
+        run_id=RUN_ID,
+        source=Source(bucket=BUCKET, key="prompts/x.json"),
+        model={"id": "Wan-AI/Wan2.2-T2V-A14B-Diffusers", "revision": "main"},
+        items_per_job=items_per_job,
+        items=items,
+    )
     aws.s3.put_object(Bucket=BUCKET, Key=layout.spec_key(RUN_ID), Body=spec.model_dump_json())
     return spec
 
@@ -61,7 +77,9 @@ def test_existing_error_record_from_the_job_is_kept(aws: FakeAws, lambda_context
     result = call(load_event("batch_job_failed.json"), lambda_context)
 
     assert result["written"] == [layout.error_key(RUN_ID, "p0003")]
-    assert aws.s3.get_object(Bucket=BUCKET, Key=layout.error_key(RUN_ID, "p0002"))["Body"].read() == job_record
+    assert (
+        aws.s3.get_object(Bucket=BUCKET, Key=layout.error_key(RUN_ID, "p0002"))["Body"].read() == job_record
+    )
 
 
 def test_failed_parent_covers_every_unfinished_item(aws: FakeAws, lambda_context) -> None:

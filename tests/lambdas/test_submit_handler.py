@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import threading
@@ -11,10 +12,12 @@ from unittest import mock
 import pytest
 
 from tests.conftest import load_event
-from tests.lambdas.conftest import BUCKET, QUEUE, FakeAws, eventbridge_event, s3_event
+from tests.lambdas.conftest import BUCKET, QUEUE, TABLE, FakeAws, eventbridge_event, s3_event
 
 KEY = "prompts/holiday clips/café à Paris.json"
-GOOD = json.dumps({"defaults": {"size": "832*480", "steps": 30}, "prompts": ["A lake at sunset", "A cat, realistic"]})
+GOOD = json.dumps(
+    {"defaults": {"size": "832*480", "steps": 30}, "prompts": ["A lake at sunset", "A cat, realistic"]}
+)
 
 
 def call(event: dict, lambda_context) -> dict:
@@ -56,6 +59,7 @@ def test_s3_put_submits_one_job_with_spec_and_run_record(aws: FakeAws, lambda_co
     assert run["job_id"] == job["jobId"] and run["job_name"] == job["jobName"]
     assert (run["item_count"], run["items_per_job"], run["children"]) == (2, 1, 2)
     assert run["source"]["etag"] == etag and run["submitted_at"].endswith("Z")
+    assert (run["trigger"], run["event_time"]) == ("upload", "2026-03-14T15:09:26Z")
 
     emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
     assert emf[-1]["FilesAccepted"] == [1.0] and emf[-1]["PromptsSubmitted"] == [2.0]
@@ -86,6 +90,20 @@ def test_redelivered_event_submits_nothing_new(aws: FakeAws, lambda_context, cap
     assert len(aws.jobs()) == 1
     emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
     assert emf[-1]["DuplicateDeliveries"] == [1.0] and "FilesAccepted" not in emf[-1]
+
+
+def test_redelivery_after_idempotency_record_expired_submits_nothing(aws: FakeAws, lambda_context) -> None:
+    etag = aws.put(KEY, GOOD)
+    first = call(s3_event(KEY, etag), lambda_context)["outcomes"][0]
+    [record] = aws.dynamodb.scan(TableName=TABLE)["Items"]
+    # The idempotency key is the run_id: powertools' md5 of its JSON, under our stable prefix.
+    digest = hashlib.md5(json.dumps(first["run_id"]).encode()).hexdigest()
+    assert record["id"]["S"] == f"wanbatch-submit#{digest}" and record["status"]["S"] == "COMPLETED"
+    for item in aws.dynamodb.scan(TableName=TABLE)["Items"]:  # as if its TTL had passed
+        aws.dynamodb.delete_item(TableName=TABLE, Key={"id": item["id"]})
+    again = call(s3_event(KEY, etag), lambda_context)["outcomes"][0]
+    assert again["status"] == "duplicate" and again["job_id"] == first["job_id"]
+    assert len(aws.jobs()) == 1
 
 
 def test_concurrent_double_delivery_submits_one_job(aws: FakeAws, lambda_context) -> None:
@@ -150,7 +168,10 @@ def test_crash_before_submit_then_redelivery_submits_once(aws: FakeAws, lambda_c
 
     etag = aws.put(KEY, GOOD)
     event = s3_event(KEY, etag)
-    with mock.patch.object(submit, "submit_job", side_effect=RuntimeError("throttled")), pytest.raises(RuntimeError):
+    with (
+        mock.patch.object(submit, "submit_job", side_effect=RuntimeError("throttled")),
+        pytest.raises(RuntimeError),
+    ):
         call(event, lambda_context)
     assert aws.jobs() == [] and any(key.endswith("/spec.json") for key in aws.keys("runs/"))
 
@@ -169,8 +190,13 @@ def test_invalid_file_submits_nothing_and_writes_rejection(aws: FakeAws, lambda_
     record = aws.get_json(f"rejected/{KEY}.error.json")
     assert record["error_count"] == 3 == len(record["errors"])
     assert record["messages"] == outcome["errors"]
-    assert record["errors"][0] == {"index": 1, "id": "p0001", "field": "stepz",
-                                   "message": "unknown field; did you mean 'steps'?"}
+    assert outcome["error_count"] == 3
+    assert record["errors"][0] == {
+        "index": 1,
+        "id": "p0001",
+        "field": "stepz",
+        "message": "unknown field; did you mean 'steps'?",
+    }
     assert record["source"]["etag"] == etag
     emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
     assert emf[-1]["FilesRejected"] == [1.0]
@@ -186,7 +212,8 @@ def test_gpus_not_offered_is_rejected(aws: FakeAws, lambda_context, monkeypatch)
 
 def test_gpus_offered_uses_its_job_definition(aws: FakeAws, lambda_context, monkeypatch) -> None:
     two_gpu = aws.batch.register_job_definition(
-        jobDefinitionName="wan-job-2gpu", type="container",
+        jobDefinitionName="wan-job-2gpu",
+        type="container",
         containerProperties={"image": "wanbatch:test", "vcpus": 16, "memory": 120000},
     )["jobDefinitionArn"]
     monkeypatch.setenv("GPU_JOB_DEFINITIONS", json.dumps({"2": two_gpu}))
@@ -215,6 +242,8 @@ def test_scheduled_event_makes_a_run_per_firing(aws: FakeAws, lambda_context) ->
     [first] = call(event, lambda_context)["outcomes"]
     assert first["status"] == "submitted"
     assert first["run_id"].startswith("nightly-20260315T020000Z-")
+    run = aws.get_json(f"runs/{first['run_id']}/run.json")
+    assert (run["trigger"], run["event_time"]) == ("schedule", "2026-03-15T02:00:00Z")
     [again] = call(event, lambda_context)["outcomes"]  # the same firing redelivered
     assert again["status"] == "duplicate"
     [next_day] = call({**event, "time": "2026-03-16T02:00:00Z"}, lambda_context)["outcomes"]

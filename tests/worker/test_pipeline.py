@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from worker.pipeline import HIGH_NOISE, LOW_NOISE, generate, make_scheduler
 
 from tests.worker.conftest import make_item
-from worker.pipeline import HIGH_NOISE, LOW_NOISE, generate, make_scheduler
 
 
 def test_our_loop_equals_wan_pipeline_call(tiny_pipeline):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import urllib.request
 from collections.abc import Iterator
@@ -12,6 +13,11 @@ from dataclasses import dataclass
 import boto3
 
 REGION = "us-east-1"
+LOCAL_KEY = "local"  # moto accepts any credentials; fixed ones keep a real profile out of the demo
+
+
+def local_session() -> boto3.Session:
+    return boto3.Session(aws_access_key_id=LOCAL_KEY, aws_secret_access_key=LOCAL_KEY, region_name=REGION)
 
 
 @dataclass(frozen=True)
@@ -25,7 +31,7 @@ class LocalStack:
     idempotency_table: str
 
     def client(self, service: str):  # noqa: ANN201 (boto3 clients have no common base type)
-        return boto3.client(service, endpoint_url=self.endpoint_url, region_name=REGION)
+        return local_session().client(service, endpoint_url=self.endpoint_url)
 
     def environment(self) -> dict[str, str]:
         """Environment for boto3 in child processes (the worker) so they talk to this stand-in."""
@@ -33,8 +39,8 @@ class LocalStack:
             "AWS_ENDPOINT_URL": self.endpoint_url,
             "AWS_DEFAULT_REGION": REGION,
             "AWS_REGION": REGION,
-            "AWS_ACCESS_KEY_ID": "local",
-            "AWS_SECRET_ACCESS_KEY": "local",
+            "AWS_ACCESS_KEY_ID": LOCAL_KEY,
+            "AWS_SECRET_ACCESS_KEY": LOCAL_KEY,
             # No instance metadata outside EC2: don't wait for it.
             "AWS_EC2_METADATA_DISABLED": "true",
         }
@@ -51,6 +57,7 @@ def moto_server() -> Iterator[str]:
     """moto's threaded server on a free loopback port, with Batch told not to use Docker."""
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request otherwise
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -70,7 +77,7 @@ def moto_server() -> Iterator[str]:
 
 def create_stack(endpoint_url: str, *, bucket: str = "wanbatch-local") -> LocalStack:
     """Create what `cdk deploy` would: the bucket, a Batch queue and job definition, the idempotency table."""
-    session = boto3.Session(region_name=REGION)
+    session = local_session()
     s3 = session.client("s3", endpoint_url=endpoint_url)
     s3.create_bucket(Bucket=bucket)
 

@@ -70,6 +70,7 @@ def submit_environment(stack: LocalStack, *, model_id: str, model_revision: str)
         "POWERTOOLS_METRICS_NAMESPACE": "wanbatch-local",
         "POWERTOOLS_TRACE_DISABLED": "true",
         "POWERTOOLS_LOG_LEVEL": "WARNING",
+        "POWERTOOLS_METRICS_DISABLED": "true",  # no EMF lines in the demo output
     }
 
 
@@ -115,7 +116,7 @@ def run_local_flow(prompt_file: Path, *, model_dir: Path, cache_dir: Path, outpu
         say(f"uploaded s3://{stack.bucket}/{key} (moto at {endpoint})")
 
         event = s3_put_event(bucket=stack.bucket, key=key, etag=etag, size=len(body))
-        with _environ(submit_environment(stack, model_id=str(model_dir), model_revision="local")):
+        with _environ(submit_environment(stack, model_id=str(model_dir.resolve()), model_revision="local")):
             from lambdas.submit.handler import handler
 
             handler(event, _LambdaContext())
@@ -127,7 +128,7 @@ def run_local_flow(prompt_file: Path, *, model_dir: Path, cache_dir: Path, outpu
         children = (job.get("arrayProperties") or {}).get("size") or 1
         say(f"submitted Batch job {job['jobName']} ({children} child job(s)); rendering locally")
 
-        worker_env = {**stack.environment(), "MODEL_CACHE_DIR": str(cache_dir)}
+        worker_env = {**stack.environment(), "MODEL_CACHE_DIR": str(cache_dir.resolve())}
         results = run_job(job, base_env=worker_env)
         for child in results:
             if child.exit_code != 0:

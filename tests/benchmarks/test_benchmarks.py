@@ -1,0 +1,85 @@
+"""The GPU benchmarks' arithmetic and plumbing, checked on CPU with tiny models (the GPU numbers are in
+BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import common, dit
+from benchmarks.official import sdpa_flash_attention
+
+
+def test_dit_flops_match_the_issue_formula_at_720p():
+    seq = common.tokens("720p")
+    assert seq == 75_600
+    d, ffn = 5120, 13824
+    per_layer = 8 * seq * d**2 + 4 * seq**2 * d + 4 * seq * d**2 + 4 * seq * 512 * d + 4 * seq * d * ffn
+    assert common.dit_flops(seq) == pytest.approx(40 * per_layer)
+    assert common.dit_flops(seq) == pytest.approx(6.521e15, rel=1e-3)  # one forward; x2 for the CFG pair
+
+
+def test_merge_results_keeps_keys_written_by_other_parts(tmp_path):
+    path = tmp_path / "results.json"
+    common.merge_results({"card": "A", "e2e_480p_40_steps_s": 200.0}, path)
+    merged = common.merge_results({"card": "B", "matmul_tflops": 790.0}, path)
+    assert merged == {"card": "B", "e2e_480p_40_steps_s": 200.0, "matmul_tflops": 790.0}
+    assert json.loads(path.read_text()) == merged
+
+
+def test_merge_results_rejects_a_file_that_is_not_an_object(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="JSON object"):
+        common.merge_results({"card": "A"}, path)
+
+
+def test_sdpa_route_computes_the_official_attention():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 7, 3, 8) for _ in range(3))  # [B, L, N, C] as the official code passes them
+    out = sdpa_flash_attention(q, k, v, k_lens=torch.tensor([7, 7]), dtype=torch.bfloat16)
+    qb, kb, vb = (x.to(torch.bfloat16).float() for x in (q, k, v))
+    scores = torch.einsum("blnc,bmnc->bnlm", qb, kb) / 8**0.5
+    ref = torch.einsum("bnlm,bmnc->blnc", scores.softmax(-1), vb)
+    assert out.dtype == torch.float32 and out.shape == q.shape
+    assert torch.allclose(out, ref, atol=2e-2)
+
+
+def test_sdpa_route_refuses_padded_keys():
+    q = k = v = torch.randn(1, 4, 2, 8)
+    with pytest.raises(NotImplementedError, match="mask"):
+        sdpa_flash_attention(q, k, v, k_lens=torch.tensor([3]))
+
+
+def test_materialize_keeps_fp32_modules_and_real_rope_buffers():
+    from diffusers import WanTransformer3DModel
+
+    model = dit.build_ours("cpu", tiny=True)
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    assert dtypes["blocks.0.attn1.to_q.weight"] == torch.bfloat16
+    assert dtypes["blocks.0.scale_shift_table"] == torch.float32  # _keep_in_fp32_modules
+    assert all(p.abs().sum() > 0 for p in model.parameters())  # never zeros
+    fresh = WanTransformer3DModel(**dit.a14b_config(tiny=True))
+    assert torch.equal(model.rope.freqs_cos, fresh.rope.freqs_cos)  # buffers built for real, not empty
+
+
+def test_tiny_dit_run_writes_its_keys_and_keeps_others(tmp_path, monkeypatch):
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"e2e_720p_40_steps_s": 850.0}))
+    monkeypatch.setenv("BENCH_RESULTS", str(results))
+    args = ["--tiny", "--device", "cpu", "--sizes", "480p", "--no-compile", "--no-official"]
+    assert dit.main([*args, "--backends", "native"]) == 0
+    merged = json.loads(results.read_text())
+    assert merged["e2e_720p_40_steps_s"] == 850.0
+    assert merged["dit_480p_cfg_step_s"] > 0 and merged["matmul_tflops"] > 0
+    record = json.loads((tmp_path / "dit.json").read_text())
+    assert record["ours_480p_b1"]["repeat"]["max_abs_diff"] == 0.0  # the same call twice is bit-identical
+    assert record["backends_480p"]["native"]["max_abs_diff"] == 0.0
+
+
+def test_unknown_size_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit):
+        dit.main(["--tiny", "--sizes", "1080p"])
+    assert "unknown size '1080p'" in capsys.readouterr().err
