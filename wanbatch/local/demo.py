@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m wanbatch.local.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="make demo", description=__doc__.splitlines()[0])
     parser.add_argument("prompt_file", nargs="?", type=Path, default=REPO / "examples" / "demo_prompts.json")
     parser.add_argument("--outputs", type=Path, default=REPO / "outputs")
     parser.add_argument("--cache", type=Path, default=REPO / ".cache", help="tiny model and model cache")
