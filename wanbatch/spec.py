@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Literal
@@ -106,6 +107,8 @@ def slugify_stem(key: str) -> str:
     """The file name's stem as `[a-z0-9-]`, at most 40 characters (never empty)."""
     name = PurePosixPath(key).name
     stem = name.rsplit(".", 1)[0] if "." in name else name
+    # "café à Paris" -> "cafe a Paris": keep the letters, drop only their accents.
+    stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode()
     slug = re.sub(r"[^a-z0-9]+", "-", stem.lower()).strip("-")[:40].strip("-")
     return slug or "prompts"
 

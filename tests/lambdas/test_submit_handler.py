@@ -41,7 +41,7 @@ def test_s3_put_submits_one_job_with_spec_and_run_record(aws: FakeAws, lambda_co
     [outcome] = result["outcomes"]
     assert outcome["status"] == "submitted" and outcome["prompts"] == 2
     run_id = outcome["run_id"]
-    assert re.fullmatch(r"caf-paris-20260314T150926Z-[0-9a-f]{8}", run_id)
+    assert re.fullmatch(r"cafe-a-paris-20260314T150926Z-[0-9a-f]{8}", run_id)
     [job] = aws.jobs()
     assert job["jobName"] == f"wan-{run_id}"
     assert re.fullmatch(r"[A-Za-z0-9_-]{1,128}", job["jobName"])  # Batch's job-name rule
