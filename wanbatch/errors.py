@@ -71,3 +71,28 @@ class ConfigError(ValueError):
 
 class CLIError(ValueError):
     """A command line that cannot work (bad option combination, unreadable input): exit 2, no traceback."""
+
+
+class DeploymentError(LookupError):
+    """The deployed stack (or one of its outputs) cannot be found, or AWS refused the CLI: exit 3."""
+
+
+class RunNotFoundError(LookupError):
+    """No run with this id (no runs/<run_id>/spec.json) in the deployment's bucket: exit 4."""
+
+
+class WaitTimeout(TimeoutError):
+    """The CLI gave up waiting (for the submit Lambda's run.json, a job): exit 5."""
+
+
+class RejectedError(ValueError):
+    """The submit Lambda rejected the uploaded prompt file; `messages` are its rejection record's lines."""
+
+    def __init__(self, key: str, messages: list[str]):
+        self.key, self.messages = key, list(messages)
+        lines = "\n".join(f"  - {m}" for m in self.messages)
+        super().__init__(f"the deployment rejected {key}:\n{lines}")
+
+
+class RenderFailed(RuntimeError):
+    """A local render finished without a video for every item (details in its error records)."""

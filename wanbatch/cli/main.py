@@ -13,16 +13,36 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from wanbatch.cli import validate
-from wanbatch.errors import CLIError, PromptFileError
+from botocore.exceptions import BotoCoreError, ClientError
 
-COMMANDS = (validate,)
+from wanbatch.cli import cancel, fetch, reproduce, run, status, submit, validate, warm
+from wanbatch.errors import (
+    CLIError,
+    DeploymentError,
+    PromptFileError,
+    RejectedError,
+    RenderFailed,
+    RunNotFoundError,
+    SpecError,
+    WaitTimeout,
+)
 
-# Known errors -> exit code. A PromptFileError prints every problem, one per line.
+COMMANDS = (validate, submit, status, fetch, cancel, warm, run, reproduce)
+
+# Known errors -> exit code; the first matching entry wins, so subclasses come before their bases.
+# A PromptFileError prints every problem, one per line. docs/cli.md lists the codes.
 EXIT_CODES: dict[type[BaseException], int] = {
     PromptFileError: 1,
+    RejectedError: 1,
+    RenderFailed: 1,
+    SpecError: 1,
     CLIError: 2,
+    WaitTimeout: 5,  # a TimeoutError, hence an OSError: before OSError
     OSError: 2,
+    DeploymentError: 3,
+    ClientError: 3,
+    BotoCoreError: 3,
+    RunNotFoundError: 4,
 }
 
 
