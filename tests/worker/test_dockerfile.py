@@ -19,7 +19,10 @@ def test_hadolint_passes():
 
 def test_image_runs_the_worker_as_uid_1000_with_the_cuda_build_of_the_tested_torch():
     text = DOCKERFILE.read_text()
-    assert 'ENTRYPOINT ["python", "-m", "worker"]' in text
+    # CMD (replaceable by the job definition's command, e.g. torchrun), never an ENTRYPOINT that would
+    # turn that command into the worker's arguments.
+    assert 'CMD ["python", "-m", "worker"]' in text
+    assert not any(line.startswith("ENTRYPOINT") for line in text.splitlines())
     assert "USER 1000:1000" in text and "--uid 1000 --gid 1000" in text
     assert "torch==2.13.0" in text and "download.pytorch.org/whl/cu" in text
     assert "flash" not in text.split("\nFROM", 1)[1].lower().replace("no flash-attn build", "")
