@@ -41,6 +41,7 @@ class RuntimeRecord(_Section):
     text_encoder_device: str
     vae_tiling: bool
     attention_backend: str
+    compile: str = "none"  # regional | none: torch.compile of the experts' repeated blocks
     max_sequence_length: int
 
 

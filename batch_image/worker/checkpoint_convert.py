@@ -14,6 +14,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from worker.checkpoints import temp_path
+
 # Diffusers folder names of Wan2.2's two experts (high-noise and low-noise).
 EXPERT_DIRS = ("transformer", "transformer_2")
 TARGET_DTYPE = torch.bfloat16
@@ -51,7 +53,7 @@ def convert_shard(src: Path, dst: Path) -> int:
             tensor = f.get_tensor(name)
             # Cast as read: each fp32 tensor is freed at once, so peak RAM is ~1.5x the bf16 shard.
             tensors[name] = tensor.to(TARGET_DTYPE) if tensor.is_floating_point() else tensor
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp = temp_path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, tmp, metadata=metadata)
     _fsync(tmp)
@@ -85,7 +87,7 @@ def rewrite_index(src: Path, dst: Path, total_size: int) -> None:
     """Copy a sharded checkpoint's index with `metadata.total_size` set to the bf16 tensor bytes."""
     index = json.loads(src.read_text())
     index.setdefault("metadata", {})["total_size"] = total_size
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp = temp_path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, dst)

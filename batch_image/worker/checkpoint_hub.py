@@ -37,6 +37,7 @@ from worker.checkpoints import (
     WeightFile,
     model_files,
     sha256_file,
+    temp_path,
     write_json_atomic,
 )
 
@@ -95,7 +96,7 @@ def resolve_commit(repo_id: str, revision: str, root: Path) -> str:
         raise
     if not ref_file.is_file() or ref_file.read_text().strip() != commit:
         ref_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ref_file.with_name(f".{ref_file.name}.{os.getpid()}.tmp")
+        tmp = temp_path(ref_file)
         tmp.write_text(commit)
         os.replace(tmp, ref_file)
     log.info("revision resolved", extra={"repo_id": repo_id, "revision": revision, "commit": commit})

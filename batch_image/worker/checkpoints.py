@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,10 +165,15 @@ def _local_memo_path(cache_dir: Path, model_path: Path) -> Path:
     return cache_dir / "local-hashes" / f"{key}.json"
 
 
+def temp_path(path: Path) -> Path:
+    """A temp name beside `path`, unique across threads, processes and hosts (container PIDs repeat)."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+
+
 def write_json_atomic(path: Path, data: object) -> None:
     """Write to a temp name in the same folder, then rename: readers never see a torn file (also on NFS)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    tmp = temp_path(path)
     with open(tmp, "w") as f:
         json.dump(data, f, indent=1, sort_keys=True)
         f.flush()

@@ -132,7 +132,9 @@ def _prepare(ctx: Context, pending: list[SpecItem]) -> None:
         text_encoder_device=s.text_encoder_device,
     )
     started = time.perf_counter()
-    ctx.loaded = load_pipeline(ctx.model.path, plan=plan, attention=s.attention_backend)
+    ctx.loaded = load_pipeline(
+        ctx.model.path, plan=plan, attention=s.attention_backend, compile=s.compile_mode
+    )
     ctx.setup_s["load_s"] = time.perf_counter() - started
     emit("model_loaded", offload=plan.offload, reason=plan.reason, attention=ctx.loaded.attention_backend)
 
@@ -324,6 +326,7 @@ def build_manifest(
             "text_encoder_device": loaded.plan.text_encoder_device,
             "vae_tiling": loaded.plan.vae_tiling,
             "attention_backend": loaded.attention_backend,
+            "compile": loaded.compile_mode,
             "max_sequence_length": MAX_SEQUENCE_LENGTH,
         },
         versions=machine["versions"],

@@ -23,7 +23,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from wanbatch.errors import ModelSourceError
-from worker.checkpoints import MARKER, ResolvedModel, WeightFile, write_json_atomic
+from worker.checkpoints import MARKER, ResolvedModel, WeightFile, temp_path, write_json_atomic
 
 log = logging.getLogger("worker.checkpoints")
 
@@ -119,7 +119,7 @@ def _copy(resolved: ResolvedModel, entry: Path, workers: int) -> None:
 def _copy_file(src: Path, dst: Path, expected: WeightFile) -> None:
     """Copy while hashing what was read, so the bytes on NVMe are the ones recorded on EFS."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp = temp_path(dst)
     digest = hashlib.sha256()
     with open(src, "rb") as fin, open(tmp, "wb") as fout:
         while chunk := fin.read(CHUNK):

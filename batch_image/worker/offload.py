@@ -6,6 +6,8 @@ unit-tested; `apply_plan` maps the chosen mode onto diffusers' offload hooks.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 OFFLOAD_MODES = ("auto", "none", "model", "group", "sequential")
@@ -20,6 +22,9 @@ A14B_VAE_BYTES = int(0.5e9)
 RESERVE_BYTES = 3 * GiB  # CUDA context, allocator fragmentation, the prompt embeddings
 ACTIVATION_BYTES_PER_TOKEN = 120_000  # measured order for a 5120-wide block in bf16, one CFG branch at a time
 VAE_DECODE_BYTES_PER_PIXEL = 12_000  # fp32 Wan VAE decode peak per output pixel of one frame (causal cache)
+# Benchmark hook: use only this fraction of the GPU's memory, e.g. 48/141 to behave like a 48 GB L40S on an
+# H200. Both the plan and torch's allocator (pipeline.load_pipeline) honour it.
+MEMORY_FRACTION_ENV = "WANBATCH_GPU_MEMORY_FRACTION"
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,20 @@ class OffloadPlan:
     text_encoder_device: str  # gpu | cpu
     vae_tiling: bool
     reason: str
+
+
+def gpu_memory_fraction(env: Mapping[str, str] = os.environ) -> float | None:
+    """The simulated-card fraction from WANBATCH_GPU_MEMORY_FRACTION, or None when unset."""
+    raw = env.get(MEMORY_FRACTION_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{MEMORY_FRACTION_ENV} must be a number in (0, 1], got {raw!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"{MEMORY_FRACTION_ENV} must be in (0, 1], got {value}")
+    return value
 
 
 def transformer_tokens(width: int, height: int, frames: int) -> int:
@@ -65,6 +84,9 @@ def choose_plan(
         )
     if gpu_total_bytes is None:  # CPU only: nothing to offload to or from
         return OffloadPlan("none", "cpu", False, "no GPU: everything runs on the CPU")
+    fraction = gpu_memory_fraction()
+    if fraction is not None:
+        gpu_total_bytes = int(gpu_total_bytes * fraction)
 
     activations = transformer_tokens(width, height, frames) * ACTIVATION_BYTES_PER_TOKEN
     everything = 2 * footprint.expert + footprint.text_encoder + footprint.vae

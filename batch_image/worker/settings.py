@@ -9,7 +9,7 @@ from pathlib import Path
 
 from wanbatch.errors import SpecError
 from worker.offload import OFFLOAD_MODES, TEXT_ENCODER_DEVICES
-from worker.pipeline import ATTENTION_BACKENDS
+from worker.pipeline import ATTENTION_BACKENDS, COMPILE_MODES
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class Settings:
     offload: str = "auto"
     text_encoder_device: str = "auto"
     attention_backend: str = "auto"
+    compile_mode: str = "auto"  # COMPILE: auto | none | regional (see worker.pipeline)
     warm_model: str | None = None  # "<repo id>@<revision>": fill the cache and exit
     resume_save_interval_s: float = 0.0  # 0: save the state after every step
     progress_every_steps: int = 5
@@ -52,6 +53,7 @@ class Settings:
             offload=choice("OFFLOAD", OFFLOAD_MODES),
             text_encoder_device=choice("TEXT_ENCODER_DEVICE", TEXT_ENCODER_DEVICES),
             attention_backend=choice("ATTENTION_BACKEND", ATTENTION_BACKENDS),
+            compile_mode=choice("COMPILE", COMPILE_MODES),
             warm_model=env.get("WARM_MODEL") or None,
             resume_save_interval_s=number("RESUME_SAVE_INTERVAL_S", 0.0, float),
             progress_every_steps=number("PROGRESS_EVERY_STEPS", 5),

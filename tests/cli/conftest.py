@@ -108,7 +108,7 @@ def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeStack]:
             "POWERTOOLS_METRICS_NAMESPACE": "WanBatchCliTest",
             "POWERTOOLS_METRICS_DISABLED": "true",
             "POWERTOOLS_TRACE_DISABLED": "true",
-            "POWERTOOLS_LOG_LEVEL": "WARNING",
+            "POWERTOOLS_LOG_LEVEL": "ERROR",
         }.items():
             monkeypatch.setenv(name, value)
         monkeypatch.delenv("GPU_JOB_DEFINITIONS", raising=False)
