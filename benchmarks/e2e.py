@@ -1,4 +1,4 @@
-"""End to end: the real worker (`python -m worker`) on a real-size Wan2.2-T2V-A14B checkpoint of random weights.
+"""End to end: the real worker (`python -m worker`) on a real-size Wan2.2-T2V-A14B of random weights.
 
     python -m benchmarks.e2e build --dir outputs/e2e/model            # Diffusers folder, ~41 GB on disk
     python -m benchmarks.e2e run --model outputs/e2e/model --name 480p_4 --size 832*480 --steps 4
@@ -17,7 +17,6 @@ peak GPU memory and host RSS. Each run merges its keys into results.json and wri
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import resource
@@ -213,9 +212,13 @@ def run_worker(spec: Path, *, cache_dir: Path, env_extra: dict[str, str], timeou
     started = time.perf_counter()
     with open(log_path, "w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "worker"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "worker"],
+            cwd=repo,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
-        )  # fmt: skip
+        )
         events = []
         assert proc.stdout is not None
         for line in proc.stdout:  # tee: the log comes back even if the run is cut short
@@ -241,9 +244,7 @@ def run_worker(spec: Path, *, cache_dir: Path, env_extra: dict[str, str], timeou
     }
 
 
-def summarize(
-    name: str, run: dict[str, Any], manifest: dict[str, Any] | None, target_steps: int = 40
-) -> dict:
+def summarize(run: dict[str, Any], manifest: dict[str, Any] | None, target_steps: int = 40) -> dict:
     """The numbers one run contributes: measured ones, and a labelled extrapolation to `target_steps`."""
     stats = next((e for e in run["events"] if e.get("event") == "render_stats"), {})
     out: dict[str, Any] = {
@@ -258,7 +259,7 @@ def summarize(
     t, rt = manifest["timings"], manifest["runtime"]
     steps = t["step_s"]
     experts = expert_of_steps(manifest)
-    # A step is a warm-up when it is the first call of its expert (compile, offload swap); the rest are steady.
+    # A step is a warm-up when it is its expert's first (compile, offload swap); the rest are steady.
     first = {experts.index(e) for e in set(experts)}
     steady = [s for i, s in enumerate(steps) if i not in first] or steps
     s_step = statistics.median(steady)
@@ -362,7 +363,7 @@ def run_one(args: argparse.Namespace) -> int:
     run = run_worker(spec, cache_dir=cache, env_extra=env, timeout_s=args.timeout)
     manifests = sorted(work.rglob("*.manifest.json"))
     manifest = json.loads(manifests[0].read_text()) if manifests else None
-    summary = summarize(args.name, run, manifest, target_steps=args.extrapolate_to)
+    summary = summarize(run, manifest, target_steps=args.extrapolate_to)
     summary.update(env=env, hash_memo_s=seeded, size=args.size, frames=args.frames, steps=args.steps)
     common.write_part(f"e2e_{args.name}", {**summary, "events": run["events"], "manifest": manifest})
     keys = result_keys(args.name, summary)
