@@ -141,7 +141,10 @@ def load_pipeline(
     fraction = gpu_memory_fraction()
     if fraction is not None and device.startswith("cuda"):
         # Benchmark hook: behave like a smaller card (choose_plan plans for the same fraction).
-        torch.cuda.set_per_process_memory_fraction(fraction, torch.device(device))
+        index = torch.device(device).index  # torch wants an index; plain "cuda" means the current device
+        torch.cuda.set_per_process_memory_fraction(
+            fraction, torch.cuda.current_device() if index is None else index
+        )
     vae = AutoencoderKLWan.from_pretrained(model_dir, subfolder="vae", dtype=VAE_DTYPE)
     pipe = WanPipeline.from_pretrained(model_dir, vae=vae, dtype=TRANSFORMER_DTYPE)
     pipe.set_progress_bar_config(disable=True)

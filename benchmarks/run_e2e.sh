@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The worker end to end on a GPU machine, real-size Wan2.2-T2V-A14B with random weights (benchmarks/e2e.py).
+#   benchmarks/run_e2e.sh quick   # build the checkpoint; 480p 4 steps; 720p 4 steps as a 48 GB card (~6 min)
+#   benchmarks/run_e2e.sh full    # 480p 40 steps (reuses the checkpoint if the machine kept it; ~5 min)
+#   benchmarks/run_e2e.sh 720p    # 720p 4 steps with the whole card (~3 min)
+# Wheels the machine lacks travel in .whl/ (see BENCHMARKS.md). Results merge into $BENCH_RESULTS.
+set -uo pipefail
+part="${1:?usage: run_e2e.sh quick|full|720p}"
+cd "$(dirname "$0")/.."
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+# PyAV's wheel does not fit beside the others in one transfer; a small stand-in reads the MP4 instead.
+python3 -c "import av" 2>/dev/null || export PYTHONPATH="$PWD/benchmarks/gpu_shims:$PYTHONPATH"
+export PYTHONPATH="$PWD/batch_image:$PWD:$PYTHONPATH"  # worker and wanbatch, as in the image
+export BENCH_RESULTS="${BENCH_RESULTS:-$PWD/benchmarks/results.json}" PYTHONUNBUFFERED=1
+out_dir="$(dirname "$BENCH_RESULTS")"
+mkdir -p "$out_dir"
+[ -f "$BENCH_RESULTS" ] || cp benchmarks/results.json "$BENCH_RESULTS"
+model=outputs/e2e/model  # git-ignored; a warm machine keeps it between calls
+# An L40S shows 44.4 GiB to torch; the H200 139.8 GiB.
+l40s_fraction=0.3176
+e2e() { timeout "$1" python3 -m benchmarks.e2e "${@:2}"; }
+case "$part" in
+  quick)
+    e2e 300 build --dir "$model" || exit 1
+    e2e 240 run --model "$model" --name 480p_4 --size '832*480' --steps 4
+    e2e 300 run --model "$model" --name 720p_4_48gb --size '1280*720' --steps 4 --memory-fraction "$l40s_fraction" ;;
+  full)
+    e2e 300 build --dir "$model" || exit 1
+    e2e 540 run --model "$model" --name 480p_40 --size '832*480' --steps 40 ;;
+  720p)
+    e2e 300 build --dir "$model" || exit 1
+    e2e 300 run --model "$model" --name 720p_4 --size '1280*720' --steps 4 ;;
+  *)
+    echo "unknown part: $part (quick|full|720p)" >&2; exit 64 ;;
+esac

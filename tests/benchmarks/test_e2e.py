@@ -1,0 +1,150 @@
+"""benchmarks/e2e.py on CPU with tiny shapes: the checkpoint it builds, the hash memo it seeds, the worker
+run it drives, and the arithmetic behind the numbers in BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import e2e
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("e2e") / "model"
+    e2e.build_checkpoint(directory, device="cpu", tiny=True)
+    return directory
+
+
+def test_build_writes_a_diffusers_folder_with_hard_linked_experts(tiny_checkpoint):
+    index = json.loads((tiny_checkpoint / "model_index.json").read_text())
+    assert index["boundary_ratio"] == 0.875
+    assert index["transformer_2"] == ["diffusers", "WanTransformer3DModel"]
+    for f in (tiny_checkpoint / "transformer").iterdir():
+        twin = tiny_checkpoint / "transformer_2" / f.name
+        assert twin.stat().st_ino == f.stat().st_ino  # one copy on disk
+    scheduler = json.loads((tiny_checkpoint / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["_class_name"] == "UniPCMultistepScheduler" and scheduler["use_flow_sigmas"] is True
+    assert json.loads((tiny_checkpoint / e2e.BUILD_MARKER).read_text())["tiny"] is True
+
+
+def test_build_reuses_a_finished_folder(tiny_checkpoint):
+    before = (tiny_checkpoint / "transformer" / "config.json").stat().st_mtime_ns
+    record = e2e.build_checkpoint(tiny_checkpoint, device="cpu", tiny=True)
+    assert record["tiny"] is True
+    assert (tiny_checkpoint / "transformer" / "config.json").stat().st_mtime_ns == before
+
+
+def test_seeded_memo_spares_the_worker_the_hashing(tiny_checkpoint, tmp_path, monkeypatch):
+    from worker import checkpoints
+
+    e2e.seed_hash_memo(tiny_checkpoint, tmp_path / "cache", workers=2)
+    expected = checkpoints.hash_tree(tiny_checkpoint)  # no memo: hashes every file
+
+    def no_hashing(path):
+        raise AssertionError(f"re-hashed {path}")
+
+    monkeypatch.setattr(checkpoints, "sha256_file", no_hashing)
+    memo = checkpoints._local_memo_path(tmp_path / "cache", tiny_checkpoint.resolve())
+    assert checkpoints.hash_tree(tiny_checkpoint.resolve(), memo=memo) == expected
+
+
+def _manifest(steps: list[float], *, total: float, denoise: float) -> dict:
+    return {
+        "steps": len(steps),
+        "boundary_ratio": 0.875,
+        "scheduler_config": dict(e2e.SCHEDULER, flow_shift=12.0),
+        "timings": {
+            "checkpoint_fetch_s": 0.0,
+            "load_s": 20.0,
+            "text_encode_s": 1.0,
+            "denoise_s": denoise,
+            "step_s": steps,
+            "vae_decode_s": 3.0,
+            "encode_s": 5.0,
+            "total_s": total,
+        },  # fmt: skip
+        "runtime": {
+            "offload": "none",
+            "compile": "regional",
+            "attention_backend": "native",
+            "vae_tiling": False,
+            "text_encoder_device": "gpu",
+        },  # fmt: skip
+        "output": {"bytes": 10, "frame_count": 81},
+        "hardware": {"gpu_name": "GPU"},
+        "versions": {},
+    }
+
+
+def test_summary_separates_warm_up_steps_and_labels_the_extrapolation():
+    # 4 steps at shift 12: three high-noise, one low-noise; the first of each expert is a warm-up.
+    steps = [25.0, 5.5, 5.6, 7.5]
+    run = {"exit_code": 0, "wall_s": 80.0, "events": [{"event": "render_stats", "peak_gpu_gib": 73.4}],
+           "child_peak_rss_gib": 10.0}  # fmt: skip
+    summary = e2e.summarize(run, _manifest(steps, total=52.0, denoise=sum(steps)), target_steps=40)
+    assert summary["step_experts"] == ["high", "high", "high", "low"]
+    assert summary["s_per_step"] == pytest.approx(5.55)
+    assert summary["warmup_extra_s"] == pytest.approx(25.0 + 7.5 - 2 * 5.55)
+    # everything outside the loop + warm-up + 40 steady steps
+    assert summary["extrapolated_s"] == pytest.approx(80.0 - 43.6 + 21.4 + 40 * 5.55)
+    keys = e2e.result_keys("480p_4", summary)
+    assert keys["e2e_480p_4_steps_s"] == 80.0
+    assert keys["e2e_480p_40_steps_s_extrapolated"] == summary["extrapolated_s"]
+    assert keys["peak_gib_480p_e2e"] == 73.4
+    assert "e2e_480p_40_steps_s" not in keys  # measured and extrapolated numbers never share a key
+
+
+def test_48gb_mode_keys():
+    steps = [50.0, 22.0, 22.0, 46.0]
+    run = {"exit_code": 0, "wall_s": 211.0, "events": [{"event": "render_stats", "peak_gpu_gib": 31.3,
+           "host_peak_rss_gib": 71.5}], "child_peak_rss_gib": 71.0}  # fmt: skip
+    summary = e2e.summarize(run, _manifest(steps, total=188.0, denoise=140.0))
+    keys = e2e.result_keys("720p_4_48gb", summary)
+    assert keys["peak_gib_720p_48gb_mode"] == 31.3
+    assert keys["host_rss_gib_48gb_mode"] == 71.5
+    assert keys["s_per_step_720p_48gb_mode"] == 22.0
+
+
+def test_a_failed_run_records_only_its_exit():
+    run = {"exit_code": 1, "wall_s": 5.0, "events": [], "child_peak_rss_gib": 1.0}
+    summary = e2e.summarize(run, None)
+    assert summary["exit_code"] == 1 and "s_per_step" not in summary
+    assert set(e2e.result_keys("480p_4", summary)) == {"e2e_480p_4"}
+
+
+def test_av_stand_in_reads_what_the_worker_writes(tmp_path):
+    import importlib.util
+
+    import av
+    from worker.video import encode_mp4
+
+    spec = importlib.util.spec_from_file_location(
+        "av_shim", e2e.common.REPO_ROOT / "benchmarks/gpu_shims/av.py"
+    )
+    shim = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shim)
+    frames = np.random.default_rng(0).integers(0, 255, (5, 48, 64, 3), dtype=np.uint8)
+    path = encode_mp4(frames, tmp_path / "v.mp4", 16)
+    for module in (av, shim):
+        with module.open(str(path)) as container:
+            stream = container.streams.video[0]
+            decoded = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+            info = (stream.codec_context.width, stream.codec_context.height, stream.codec_context.name,
+                    stream.codec_context.pix_fmt, float(stream.average_rate), len(decoded))  # fmt: skip
+        assert info == (64, 48, "h264", "yuv420p", 16.0, 5)
+
+
+def test_worker_runs_end_to_end_on_the_tiny_checkpoint(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path / "results.json"))
+    code = e2e.main(["run", "--model", str(tiny_checkpoint), "--work", str(tmp_path / "runs"), "--name",
+                     "480p_2", "--frames", "5", "--steps", "2"])  # fmt: skip
+    assert code == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    run = results["e2e_480p_2"]
+    assert run["exit_code"] == 0 and run["frame_count"] == 5 and run["compile"] == "none"  # CPU: eager
+    assert results["e2e_480p_2_steps_s"] == run["wall_s"] > 0
+    assert run["checkpoint_fetch_s"] < 1.0  # the seeded memo: no hashing inside the worker
