@@ -15,16 +15,29 @@ from wanbatch.cli.main import main
 PROMPT = "A cat walks on the grass"
 
 
-@pytest.fixture(scope="module")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """`wanbatch run --tiny PROMPT` once: the worker renders it in a child process on the CPU."""
-    root = tmp_path_factory.mktemp("local")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("WANBATCH_NO_PROGRESS", "1")
-        code = main(["run", "--tiny", PROMPT, "--seed", "7", "--steps", "4", "--id", "cat",
-                     "-o", str(root / "outputs"), "--cache-dir", str(root / "cache")])  # fmt: skip
+@pytest.fixture(scope="session")
+def rendered(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> dict:
+    """`wanbatch run --tiny PROMPT` once per session: the worker renders it in a child process on the CPU.
+
+    Under xdist every worker process would render it again; the lock and the shared base folder make the
+    first one render and the others reuse its result (pytest-xdist's documented pattern).
+    """
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        shared = shared.parent
+    root = shared / "cli-tiny-run"
+    with FileLock(str(shared / "cli-tiny-run.lock")):
+        done = root / "exit-code"
+        if not done.is_file():
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("WANBATCH_NO_PROGRESS", "1")
+                code = main(["run", "--tiny", PROMPT, "--seed", "7", "--steps", "4", "--id", "cat",
+                             "-o", str(root / "outputs"), "--cache-dir", str(root / "cache")])  # fmt: skip
+            done.write_text(str(code))
     [run_dir] = (root / "outputs").iterdir()
-    return {"code": code, "root": root, "run_dir": run_dir, "cache": root / "cache"}
+    return {"code": int(done.read_text()), "root": root, "run_dir": run_dir, "cache": root / "cache"}
 
 
 def test_run_tiny_renders_a_video_and_manifest(rendered: dict) -> None:
@@ -72,17 +85,20 @@ def test_reproduce_is_bit_identical_to_the_original(rendered: dict, tmp_path: Pa
     assert twin["model"]["files"] == recorded["model"]["files"]
 
 
-def test_reproduce_check_fails_when_the_bits_differ(rendered: dict, tmp_path: Path, capsys) -> None:
-    manifest = json.loads((rendered["run_dir"] / "cat.manifest.json").read_text())
-    manifest["output"]["sha256"] = "0" * 64  # as if rendered elsewhere
-    path = tmp_path / "cat.manifest.json"
-    path.write_text(json.dumps(manifest))
-    args = ["reproduce", str(path), "-o", str(tmp_path / "out"), "--cache-dir", str(rendered["cache"])]
+def test_reproduce_check_fails_when_the_bits_differ(rendered: dict, capsys) -> None:
+    from wanbatch.cli.reproduce import _compare
+    from wanbatch.client.reproduce import load_manifest
 
-    # The render is skipped (its manifest exists from the first call), only the comparison runs twice.
-    assert main(args) == 0
+    path = rendered["run_dir"] / "cat.manifest.json"
+    manifest = load_manifest(path.read_bytes(), name=str(path))
+    output = manifest.output.model_copy(update={"sha256": "0" * 64})
+    elsewhere = manifest.model_copy(update={"output": output})
+    video = rendered["run_dir"] / "cat.mp4"
+
+    assert _compare(manifest, video, check=True, quiet=False) == 0
+    assert _compare(elsewhere, video, check=False, quiet=False) == 0  # a warning: other GPUs differ
     assert "warning: cat.mp4 differs from the original" in capsys.readouterr().err
-    assert main([*args, "--check"]) == 1
+    assert _compare(elsewhere, video, check=True, quiet=False) == 1
     assert "error: cat.mp4 differs from the original" in capsys.readouterr().err
 
 
