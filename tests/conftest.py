@@ -48,3 +48,7 @@ def lambda_context() -> FakeLambdaContext:
 def load_event(name: str) -> dict:
     """A real-shaped event sample from tests/events/."""
     return json.loads((EVENTS_DIR / name).read_text())
+
+# jsii (the CDK's Python bridge) prints a banner on Node 20 for every synth; Node 20 is what we support.
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
