@@ -148,6 +148,14 @@ class SubmitLambda:
                     self.errors.append(exc)
             time.sleep(0.02)
 
+    def outcomes_after(self, count: int, timeout: float = 10.0) -> list[dict]:
+        """The first `count` outcomes: the handler writes run.json (what the CLI waits for) before it
+        returns, so the CLI can finish before this thread has recorded the outcome."""
+        deadline = time.monotonic() + timeout
+        while len(self.outcomes) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return list(self.outcomes)
+
 
 @pytest.fixture
 def submit_lambda(stack: FakeStack, lambda_context) -> Iterator[SubmitLambda]:

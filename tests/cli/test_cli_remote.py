@@ -40,7 +40,7 @@ def test_submit_uploads_waits_for_the_lambda_and_prints_the_run_id(
 
     assert re.fullmatch(r"holiday-\d{8}T\d{6}Z-[0-9a-f]{8}", run_id)
     assert stack.keys(layout.PROMPTS_PREFIX) == ["prompts/holiday.json"]
-    [outcome] = submit_lambda.outcomes
+    [outcome] = submit_lambda.outcomes_after(1)
     assert (outcome["status"], outcome["run_id"]) == ("submitted", run_id)
     record = stack.get_json(layout.run_record_key(run_id))
     assert record["source"]["key"] == "prompts/holiday.json" and record["item_count"] == 4
@@ -53,7 +53,7 @@ def test_submitting_the_same_file_again_waits_for_the_new_run(
     time.sleep(1.05 - time.time() % 1)  # the watcher tells uploads apart by LastModified (whole seconds)
     second = submit(tmp_path, capsys, "-q")  # same key and etag: only a run.json new since the upload counts
 
-    assert [o["run_id"] for o in submit_lambda.outcomes] == [first, second]
+    assert [o["run_id"] for o in submit_lambda.outcomes_after(2)] == [first, second]
     assert first != second
 
 
