@@ -43,6 +43,8 @@ class RuntimeRecord(_Section):
     attention_backend: str
     compile: str = "none"  # regional | none: torch.compile of the experts' repeated blocks
     max_sequence_length: int
+    gpus: int = 1  # ranks that rendered the item together
+    context_parallel: str | None = None  # e.g. "ulysses:4": how the experts' sequence was split
 
 
 class VersionsRecord(_Section):

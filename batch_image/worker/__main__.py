@@ -1,4 +1,8 @@
-"""`python -m worker`: environment in (contract 5), exit code out (0, 64, 75 or 1)."""
+"""`python -m worker`: environment in (contract 5), exit code out (0, 64, 75 or 1).
+
+A spec with `gpus` N > 1 makes this process a launcher of N ranks (worker.distributed) whose exit code
+is rank 0's; each rank runs this same module with WORLD_SIZE/RANK/LOCAL_RANK set.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import sys
 import time
 
 from wanbatch.errors import ConfigError, InterruptedRender, SpecError, TransientError
-from worker import facts
+from worker import distributed, facts
 from worker.interrupts import Interrupts
 from worker.job import (
     EXIT_BAD_INPUT,
@@ -27,23 +31,33 @@ def main() -> int:
     started = time.perf_counter()
     settings: Settings | None = None
     interrupts: Interrupts | None = None
+    launch = distributed.Launch()
     try:
         settings = Settings.from_env()
-        imds = facts.Imds()
-        interrupts = Interrupts(imds, poll_s=settings.spot_poll_s)
-        interrupts.install(poll_spot=imds.instance().lifecycle == "spot")
+        launch = distributed.Launch.from_env()
         if settings.warm_model:
             from worker.warm import run_warm
 
             code = run_warm(settings.warm_model, cache_dir=settings.model_cache_dir)
         else:
             spec, items, storage = load_chunk(settings)
+            distributed.check_gpus(spec.gpus, launch, distributed.visible_gpus())
+            if distributed.needs_launcher(spec.gpus, launch):
+                return _end(distributed.run_ranks(spec.gpus), started)
+            imds = facts.Imds()
+            interrupts = Interrupts(imds, poll_s=settings.spot_poll_s)
+            # Rank 0 watches for the Spot notice; a stop reaches the others as SIGTERM from the launcher.
+            interrupts.install(poll_spot=launch.is_writer and imds.instance().lifecycle == "spot")
+            if not launch.is_writer:
+                storage = distributed.ReadOnlyStorage(storage, launch.rank)
             emit("job_start", run_id=spec.run_id, index=settings.array_index, attempt=settings.attempt,
-                 items=[i.id for i in items])  # fmt: skip
-            code = run_chunk(Context(settings, spec, storage, interrupts, container_started=started), items)
+                 items=[i.id for i in items], rank=launch.rank, world_size=launch.world_size)  # fmt: skip
+            ctx = Context(settings, spec, storage, interrupts, container_started=started, launch=launch)
+            with distributed.process_group(launch):
+                code = run_chunk(ctx, items)
     except (SpecError, ConfigError) as exc:
         emit("bad_input", message=str(exc))
-        if settings is not None and isinstance(exc, SpecError):
+        if settings is not None and isinstance(exc, SpecError) and launch.is_writer:
             _best_effort(bad_input_record, settings, exc)
         code = EXIT_BAD_INPUT
     except (InterruptedRender, TransientError) as exc:
@@ -56,7 +70,11 @@ def main() -> int:
     finally:
         if interrupts is not None:
             interrupts.uninstall()
-    emit("job_end", exit_code=code, seconds=round(time.perf_counter() - started, 3))
+    return _end(code, started, rank=launch.rank)
+
+
+def _end(code: int, started: float, **fields) -> int:
+    emit("job_end", exit_code=code, seconds=round(time.perf_counter() - started, 3), **fields)
     return code
 
 

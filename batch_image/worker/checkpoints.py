@@ -3,7 +3,8 @@
 Sources: a local Diffusers folder (the tiny model, weights a user already has) is used in place; a hub repo is
 downloaded once into `cache_dir` (EFS), its experts converted to bf16, hashed and marked complete (see
 worker.checkpoint_hub). With `local_cache_dir` (instance NVMe) a completed cache is promoted to a
-faster second tier (worker.local_tier).
+faster second tier (worker.local_tier). With an S3 weight mirror (MODEL_S3_MIRROR) a hub model is pulled
+from S3 instead of read from EFS, and an `s3://` model id names a mirror entry (worker.checkpoint_s3).
 """
 
 from __future__ import annotations
@@ -61,14 +62,37 @@ class ResolvedModel:
 
 
 def ensure_model(
-    repo_id: str, revision: str, *, cache_dir: Path, local_cache_dir: Path | None = None
+    repo_id: str,
+    revision: str,
+    *,
+    cache_dir: Path,
+    local_cache_dir: Path | None = None,
+    s3_mirror: str | None = None,
 ) -> ResolvedModel:
-    """The spec's model as a ready Diffusers folder: filled into the cache on first use, reused after."""
+    """The spec's model as a ready Diffusers folder: filled into the cache on first use, reused after.
+
+    `s3_mirror` is tried first for hub models (worker.checkpoint_s3); "" disables it. None reads
+    MODEL_S3_MIRROR, so callers that predate the mirror (the job, the fill job) get it from the stack's env.
+    """
     started = time.perf_counter()
     if repo_id.startswith("s3://"):
-        raise ModelSourceError(f"S3 model sources are not supported yet: {repo_id}", repo_id=repo_id)
+        from worker.checkpoint_s3 import ensure_s3_model
+
+        resolved = ensure_s3_model(
+            repo_id, revision, cache_dir=Path(cache_dir), local_cache_dir=local_cache_dir
+        )
+        return _with_seconds(resolved, time.perf_counter() - started)
     if is_local_ref(repo_id):
         return _local_model(repo_id, revision, cache_dir=Path(cache_dir), started=started)
+    mirror = os.environ.get("MODEL_S3_MIRROR", "") if s3_mirror is None else s3_mirror
+    if mirror:
+        from worker.checkpoint_s3 import pull_from_mirror
+
+        pulled = pull_from_mirror(
+            repo_id, revision, mirror, cache_dir=Path(cache_dir), local_cache_dir=local_cache_dir
+        )
+        if pulled is not None:
+            return _with_seconds(pulled, time.perf_counter() - started)
     from worker.checkpoint_hub import ensure_hub_model
 
     resolved = ensure_hub_model(repo_id, revision, cache_dir=Path(cache_dir))

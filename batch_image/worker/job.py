@@ -3,6 +3,7 @@
 Per item: skip when its manifest exists; resume a saved state; render; encode; upload the video, then
 the manifest; remove any earlier error record and the resume state. A final failure writes
 `<item>.error.json`; an interruption (SIGTERM, Spot notice, throttled S3) writes none and exits 75.
+On several GPUs (worker.distributed) every rank renders; rank 0 alone decides and writes.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from wanbatch import layout
 from wanbatch.errors import InterruptedRender, SpecError, TransientError
 from wanbatch.manifest import Manifest
 from wanbatch.spec import RunSpec, SpecItem, parse_spec
-from worker import facts
+from worker import distributed, facts
 from worker.checkpoints import ensure_model
 from worker.interrupts import Interrupts
 from worker.offload import Footprint, choose_plan
@@ -47,6 +48,8 @@ class Context:
     setup_s: dict[str, float | None] = field(default_factory=dict)
     machine: dict[str, Any] = field(default_factory=dict)
     items_in_chunk: int = 1
+    launch: distributed.Launch = field(default_factory=distributed.Launch)
+    context_parallel: str | None = None  # e.g. "ulysses:4" once enabled on the experts
 
 
 def load_chunk(settings: Settings) -> tuple[RunSpec, list[SpecItem], Storage]:
@@ -73,13 +76,17 @@ def write_error(
 
 def run_chunk(ctx: Context, items: list[SpecItem]) -> int:
     """Render the pending items; the exit code of the chunk."""
-    spec, storage = ctx.spec, ctx.storage
+    spec, storage, launch = ctx.spec, ctx.storage, ctx.launch
     pending = []
-    for item in items:
-        if storage.exists(layout.manifest_key(spec.run_id, item.id)):
-            emit("skipped", run_id=spec.run_id, item=item.id, reason="manifest exists")
-        else:
-            pending.append(item)
+    if launch.is_writer:
+        for item in items:
+            if storage.exists(layout.manifest_key(spec.run_id, item.id)):
+                emit("skipped", run_id=spec.run_id, item=item.id, reason="manifest exists")
+            else:
+                pending.append(item)
+    # Every rank must render the same items in the same order: rank 0's list is the list.
+    pending_ids = distributed.from_writer(launch, [item.id for item in pending])
+    pending = [item for item in items if item.id in pending_ids]
     if not pending:
         return EXIT_OK
     ctx.items_in_chunk = len(items)
@@ -88,6 +95,8 @@ def run_chunk(ctx: Context, items: list[SpecItem]) -> int:
     except (InterruptedRender, TransientError):
         raise
     except Exception as exc:  # no item can render: each gets its record before the job exits 1
+        if not launch.is_writer:
+            raise
         with ctx.interrupts.held():
             for item in pending:
                 key = layout.error_key(spec.run_id, item.id)
@@ -97,25 +106,30 @@ def run_chunk(ctx: Context, items: list[SpecItem]) -> int:
     for item in pending:
         ctx.interrupts.check()
         try:
-            render_item(ctx, item)
+            render_item(ctx, item) if launch.is_writer else follow_item(ctx, item)
         except (InterruptedRender, TransientError):
             raise
         except Exception as exc:  # recorded per item; the chunk goes on, then exits 1
             failed = True
             emit("item_failed", run_id=spec.run_id, item=item.id, type=type(exc).__name__, message=str(exc))
+        distributed.barrier(launch)  # the next item starts together (rank 0 was encoding and uploading)
     return EXIT_FAILED if failed else EXIT_OK
 
 
 def _prepare(ctx: Context, pending: list[SpecItem]) -> None:
     """Fetch and load the model once for the whole chunk; gather the machine's facts once."""
-    s = ctx.settings
+    s, launch = ctx.settings, ctx.launch
     started = time.perf_counter()
+    if not launch.is_writer:
+        distributed.barrier(launch)  # rank 0 fills or verifies the cache first; the others then find it ready
     ctx.model = ensure_model(
         ctx.spec.model.id,
         ctx.spec.model.revision,
         cache_dir=s.model_cache_dir,
         local_cache_dir=s.local_cache_dir,
     )
+    if launch.is_writer:
+        distributed.barrier(launch)
     ctx.setup_s["checkpoint_fetch_s"] = time.perf_counter() - started
     emit("model_ready", repo_id=ctx.model.repo_id, commit=ctx.model.commit, source=ctx.model.source)
 
@@ -123,7 +137,8 @@ def _prepare(ctx: Context, pending: list[SpecItem]) -> None:
     largest = max(pending, key=lambda i: i.width * i.height * i.num_frames)
     plan = choose_plan(
         gpu_total_bytes=gpu["gpu_memory_bytes"],
-        host_ram_bytes=facts.host_ram_bytes(),
+        # Every rank holds its own copy of the experts: each plans with its share of the host's memory.
+        host_ram_bytes=facts.host_ram_bytes() // launch.world_size,
         width=largest.width,
         height=largest.height,
         frames=largest.num_frames,
@@ -133,10 +148,19 @@ def _prepare(ctx: Context, pending: list[SpecItem]) -> None:
     )
     started = time.perf_counter()
     ctx.loaded = load_pipeline(
-        ctx.model.path, plan=plan, attention=s.attention_backend, compile=s.compile_mode
+        ctx.model.path,
+        plan=plan,
+        attention=s.attention_backend,
+        compile=s.compile_mode,
+        device=launch.device(),
+    )
+    ctx.context_parallel = distributed.enable_context_parallel(
+        ctx.loaded, launch, compile_requested=s.compile_mode
     )
     ctx.setup_s["load_s"] = time.perf_counter() - started
     emit("model_loaded", offload=plan.offload, reason=plan.reason, attention=ctx.loaded.attention_backend)
+    if not launch.is_writer:
+        return  # the machine's facts only go into manifests, which rank 0 writes
 
     imds = ctx.interrupts.imds or facts.Imds()
     instance = imds.instance()
@@ -175,6 +199,8 @@ def render_item(ctx: Context, item: SpecItem) -> None:
         item.steps,
     )
     saved = store.load()
+    # The other ranks continue from the same state (or all start at step 0).
+    distributed.from_writer(ctx.launch, saved.state if saved else None)
     start_step = saved.state.step if saved else 0
     attempts = [*(saved.attempts if saved else []), {"attempt": s.attempt, "start_step": start_step,
                                                       "started_at": utcnow()}]  # fmt: skip
@@ -236,6 +262,12 @@ def render_item(ctx: Context, item: SpecItem) -> None:
         key=manifest.output.key,
         seconds=manifest.timings.total_s,
     )
+
+
+def follow_item(ctx: Context, item: SpecItem) -> None:
+    """A non-zero rank: the same render as rank 0 (CP's collectives need every rank), no decode, no writes."""
+    resume_from = distributed.from_writer(ctx.launch, None)
+    generate(ctx.loaded, item, resume_from=resume_from, output_type="latent")
 
 
 def _publish(ctx: Context, item: SpecItem, render, attempts: list[dict], item_started: float) -> Manifest:
@@ -328,6 +360,8 @@ def build_manifest(
             "attention_backend": loaded.attention_backend,
             "compile": loaded.compile_mode,
             "max_sequence_length": MAX_SEQUENCE_LENGTH,
+            "gpus": ctx.launch.world_size,
+            "context_parallel": ctx.context_parallel,
         },
         versions=machine["versions"],
         hardware={

@@ -7,6 +7,8 @@ import json
 import re
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from unittest import mock
 
 import pytest
@@ -106,6 +108,28 @@ def test_redelivery_after_idempotency_record_expired_submits_nothing(aws: FakeAw
     assert len(aws.jobs()) == 1
 
 
+@contextmanager
+def atomic_conditional_writes() -> Iterator[None]:
+    """DynamoDB checks a put's condition and writes atomically; moto checks, then writes, and a thread switch
+    in between lets two conditional puts both succeed. Serialise moto's writes so the fake keeps the real
+    guarantee that powertools idempotency relies on."""
+    from moto.dynamodb.models import DynamoDBBackend
+
+    lock = threading.Lock()
+    real_put, real_update = DynamoDBBackend.put_item, DynamoDBBackend.update_item
+
+    def locked(method):
+        def call(self, *args, **kwargs):
+            with lock:
+                return method(self, *args, **kwargs)
+
+        return call
+
+    with mock.patch.object(DynamoDBBackend, "put_item", locked(real_put)), \
+            mock.patch.object(DynamoDBBackend, "update_item", locked(real_update)):
+        yield
+
+
 def test_concurrent_double_delivery_submits_one_job(aws: FakeAws, lambda_context) -> None:
     from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
 
@@ -128,7 +152,7 @@ def test_concurrent_double_delivery_submits_one_job(aws: FakeAws, lambda_context
         except IdempotencyAlreadyInProgressError as exc:
             errors.append(exc)
 
-    with mock.patch.object(submit, "find_job", slow_find):
+    with mock.patch.object(submit, "find_job", slow_find), atomic_conditional_writes():
         threads = [threading.Thread(target=deliver) for _ in range(2)]
         for thread in threads:
             thread.start()
