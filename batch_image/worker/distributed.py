@@ -130,7 +130,9 @@ def rank_env(base: Mapping[str, str], *, world: int, rank: int, port: int) -> di
     }
 
 
-def job_exit_code(codes: list[int | None], *, stopped_by_launcher: set[int], first_failure: int | None) -> int:
+def job_exit_code(
+    codes: list[int | None], *, stopped_by_launcher: set[int], first_failure: int | None
+) -> int:
     """Rank 0's own code; when the launcher had to stop rank 0 (another rank failed), that rank's code.
 
     A rank killed by a signal (negative code: OOM killer, SIGKILL) is a plain failure (1).
@@ -154,7 +156,9 @@ def run_ranks(
     port = free_port()
     base = dict(os.environ if env is None else env)
     command = argv or [sys.executable, "-m", "worker"]
-    procs = [subprocess.Popen(command, env=rank_env(base, world=nproc, rank=r, port=port)) for r in range(nproc)]
+    procs = [
+        subprocess.Popen(command, env=rank_env(base, world=nproc, rank=r, port=port)) for r in range(nproc)
+    ]
     emit("ranks_started", world_size=nproc, pids=[p.pid for p in procs], master_port=port)
 
     def forward(signum: int, _frame) -> None:

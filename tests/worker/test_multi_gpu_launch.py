@@ -185,3 +185,18 @@ def test_a_non_zero_rank_cannot_write(tmp_path):
             call()
     assert view.blocked == ["runs/run-1/b.txt"] * 2 + ["runs/run-1/a.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+def test_the_cp_benchmark_summary():
+    from benchmarks.cp_scaling import main, summarize
+
+    one, two = {"median_s": 3.0}, {"median_s": 1.6}
+    summary = summarize(one, two, {"max_abs_diff": 0.03, "rel_l2": 0.002, "finite": True})
+    assert (summary["speedup"], summary["scaling_efficiency"], summary["within_bf16_tolerance"]) == (
+        1.875, 0.938, True,
+    )  # fmt: skip
+    assert not summarize(one, two, {"max_abs_diff": 0.5, "rel_l2": 0.1, "finite": True})[
+        "within_bf16_tolerance"
+    ]
+    with pytest.raises(SystemExit, match="needs 2 GPUs"):  # this CPU box: refuses instead of running
+        main([])

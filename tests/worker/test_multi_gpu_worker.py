@@ -64,7 +64,10 @@ def test_two_ranks_write_one_video_equal_to_the_single_process_one(worker_env, t
 
     assert sha256(two.parent / "a.mp4") == sha256(one.parent / "a.mp4")
     assert sorted(p.name for p in two.parent.iterdir()) == [
-        "a.manifest.json", "a.mp4", "a.progress.json", "spec.json",
+        "a.manifest.json",
+        "a.mp4",
+        "a.progress.json",
+        "spec.json",
     ]  # fmt: skip  (no resume/ left, no stray temp files from a second writer)
     manifest = Manifest.model_validate_json((two.parent / "a.manifest.json").read_text())
     assert (manifest.runtime.gpus, manifest.runtime.context_parallel) == (2, None)  # CPU: no CP
