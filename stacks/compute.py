@@ -381,10 +381,10 @@ class Compute(Construct):
     def _make_cache_role(self) -> iam.Role:
         role = iam.Role(self, "CacheFillRole", assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"))
         role.add_to_policy(self._efs_client_statement())
-        self._grant_mirror(role)
+        self._grant_mirror(role, write=True)  # the cache-fill job uploads the filled cache to the mirror
         return role
 
-    def _grant_mirror(self, role: iam.Role) -> None:
+    def _grant_mirror(self, role: iam.Role, *, write: bool = False) -> None:
         if not self._mirror:
             return
         bucket_arn = Stack.of(self).format_arn(
@@ -405,11 +405,20 @@ class Compute(Construct):
                 conditions={"StringLike": {"s3:prefix": [f"{self._mirror.prefix}*"]}},
             )
         )
+        if write:
+            role.add_to_policy(
+                iam.PolicyStatement(
+                    sid="WriteWeightsMirror",
+                    actions=["s3:PutObject", "s3:AbortMultipartUpload"],
+                    resources=[f"{bucket_arn}/{self._mirror.prefix}*"],
+                )
+            )
+        access = "Read and write (cache-fill job)" if write else "Read-only"
         acknowledge(
             role,
             {
                 f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::{self._mirror.bucket}/"
-                f"{self._mirror.prefix}*]": "Read-only access to the configured weight mirror's prefix."
+                f"{self._mirror.prefix}*]": f"{access} access to the configured weight mirror's prefix."
             },
         )
 

@@ -203,6 +203,15 @@ def test_weight_mirror_is_readable_and_named_to_every_job(synth: Synthesized) ->
         if s.get("Sid") == "ListWeightsMirror"
     ]
     assert all(s["Condition"] == {"StringLike": {"s3:prefix": ["wan2.2/*"]}} for s in lists)
+    writes = [
+        s
+        for p in synth.resources("AWS::IAM::Policy").values()
+        for s in p["Properties"]["PolicyDocument"]["Statement"]
+        if s.get("Sid") == "WriteWeightsMirror"
+    ]
+    assert len(writes) == 1  # only the cache-fill job uploads the mirror; GPU jobs only read it
+    assert writes[0]["Action"] == ["s3:AbortMultipartUpload", "s3:PutObject"]
+    assert json.dumps(writes[0]["Resource"]).endswith(':s3:::team-weights/wan2.2/*"]]}')
 
 
 def test_cache_fill_warms_the_pinned_revision(synth: Synthesized) -> None:
