@@ -38,13 +38,6 @@ def retry_strategies() -> list[batch.RetryStrategy]:
     ]
 
 
-def worker_command(gpus: int) -> list[str]:
-    """One process per GPU: torchrun for several GPUs, plain `python -m worker` for one."""
-    if gpus == 1:
-        return WORKER_COMMAND
-    return ["torchrun", "--standalone", "--nproc_per_node", str(gpus), "-m", "worker"]
-
-
 class Compute(Construct):
     """`.job_queue`, `.job_definitions` ({gpus: definition}), `.cache_queue`, `.cache_job_definition`."""
 
@@ -121,7 +114,9 @@ class Compute(Construct):
                 f"Gpu{gpus}" if gpus > 1 else "Gpu",
                 size=size,
                 role=self.job_role,
-                command=worker_command(gpus),
+                # Also for several GPUs: the worker starts one rank per GPU itself and exits with rank 0's
+                # code; under torchrun an exit 75 (retry me) would reach Batch as 1 (final).
+                command=WORKER_COMMAND,
                 environment={"OFFLOAD": "auto", "TEXT_ENCODER_DEVICE": "auto"},
                 timeout=Duration.minutes(max_job_minutes),
                 retry_attempts=retry_attempts,

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from stacks.bundling import _ecr_reference, allow_only
-from stacks.compute import retry_strategies, worker_command
+from stacks.compute import WORKER_COMMAND, retry_strategies
 from stacks.config import AppConfig, ConfigError, JobSize, S3Location
 
 CDK_JSON = json.loads((Path(__file__).resolve().parents[2] / "cdk.json").read_text())
@@ -123,7 +123,6 @@ def test_asset_allow_list_drops_dot_folders_and_caches() -> None:
     assert excludes[:2] == ["*", ".*"] and "!lambdas/**" in excludes and "**/__pycache__" in excludes
 
 
-def test_worker_command_per_gpu_count() -> None:
-    assert worker_command(1) == ["python", "-m", "worker"]
-    assert worker_command(8)[:4] == ["torchrun", "--standalone", "--nproc_per_node", "8"]
+def test_worker_command_is_the_contract_command() -> None:
+    assert WORKER_COMMAND == ["python", "-m", "worker"]
     assert len(retry_strategies()) == 3
