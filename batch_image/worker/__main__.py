@@ -7,6 +7,7 @@ is rank 0's; each rank runs this same module with WORLD_SIZE/RANK/LOCAL_RANK set
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import time
 
@@ -32,6 +33,8 @@ def main() -> int:
     settings: Settings | None = None
     interrupts: Interrupts | None = None
     launch = distributed.Launch()
+    # Until Interrupts (or the rank launcher) takes over, a stop while the spec is read is still a retry.
+    signal.signal(signal.SIGTERM, _stopped_early)
     try:
         settings = Settings.from_env()
         launch = distributed.Launch.from_env()
@@ -71,6 +74,10 @@ def main() -> int:
         if interrupts is not None:
             interrupts.uninstall()
     return _end(code, started, rank=launch.rank)
+
+
+def _stopped_early(signum: int, _frame) -> None:
+    raise InterruptedRender(signal.Signals(signum).name.lower(), step=None)
 
 
 def _end(code: int, started: float, **fields) -> int:
