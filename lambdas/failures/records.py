@@ -7,14 +7,12 @@ so every item of an accepted file ends as a video or an error.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from wanbatch import layout
+from wanbatch.records import put_json_if_absent
 from wanbatch.spec import RunSpec, SpecItem, parse_spec
 
 ERROR_SCHEMA_VERSION = 1
@@ -110,23 +108,6 @@ def record_missing_errors(s3: Any, job: FailedJob, *, default_bucket: str | None
         key = layout.error_key(spec.run_id, item.id)
         if layout.manifest_key(spec.run_id, item.id) in present or key in present:
             continue
-        if _put_if_absent(s3, bucket, key, error_record(job, item)):
+        if put_json_if_absent(s3, bucket, key, error_record(job, item)):
             written.append(key)
     return written
-
-
-def _put_if_absent(s3: Any, bucket: str, key: str, record: dict[str, Any]) -> bool:
-    """Never overwrite an error record the job wrote meanwhile (it knows more than we do)."""
-    try:
-        s3.put_object(
-            Bucket=bucket,
-            Key=key,
-            Body=json.dumps(record, indent=1).encode(),
-            ContentType="application/json",
-            IfNoneMatch="*",
-        )
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] in ("PreconditionFailed", "ConditionalRequestConflict"):
-            return False
-        raise
-    return True

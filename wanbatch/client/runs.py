@@ -9,6 +9,7 @@ from typing import Any
 
 from wanbatch import layout
 from wanbatch.errors import RunNotFoundError
+from wanbatch.records import put_json_if_absent
 from wanbatch.spec import RunSpec, parse_spec
 
 STATES = ("done", "failed", "running", "pending")
@@ -173,7 +174,7 @@ def cancel_run(s3: Any, batch: Any, bucket: str, run_id: str, *, reason: str) ->
             result.failed.append(item.id)
         else:
             progress = get_json(s3, bucket, layout.progress_key(run_id, item.id)) or {}
-            written = put_if_absent(s3, bucket, layout.error_key(run_id, item.id), {
+            written = put_json_if_absent(s3, bucket, layout.error_key(run_id, item.id), {
                 "type": "Cancelled",
                 "message": reason,
                 "step": progress.get("step"),
@@ -184,22 +185,3 @@ def cancel_run(s3: Any, batch: Any, bucket: str, run_id: str, *, reason: str) ->
             })  # fmt: skip
             (result.cancelled if written else result.failed).append(item.id)
     return result
-
-
-def put_if_absent(s3: Any, bucket: str, key: str, record: dict[str, Any]) -> bool:
-    """Write a JSON record unless the key exists; False when someone else's record is already there."""
-    from botocore.exceptions import ClientError
-
-    try:
-        s3.put_object(
-            Bucket=bucket,
-            Key=key,
-            Body=json.dumps(record, indent=1).encode(),
-            ContentType="application/json",
-            IfNoneMatch="*",
-        )
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] in ("PreconditionFailed", "ConditionalRequestConflict"):
-            return False
-        raise
-    return True
