@@ -156,17 +156,22 @@ def run_ranks(
     port = free_port()
     base = dict(os.environ if env is None else env)
     command = argv or [sys.executable, "-m", "worker"]
-    procs = [
-        subprocess.Popen(command, env=rank_env(base, world=nproc, rank=r, port=port)) for r in range(nproc)
-    ]
-    emit("ranks_started", world_size=nproc, pids=[p.pid for p in procs], master_port=port)
+    procs: list[subprocess.Popen] = []
+    received: list[int] = []
 
     def forward(signum: int, _frame) -> None:
+        received.append(signum)
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signum)
 
+    # Installed before the ranks start: a stop that arrives while they start must reach them all.
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for rank in range(nproc):
+        procs.append(subprocess.Popen(command, env=rank_env(base, world=nproc, rank=rank, port=port)))
+        for signum in received:  # a rank started after the stop still gets it
+            procs[-1].send_signal(signum)
+    emit("ranks_started", world_size=nproc, pids=[p.pid for p in procs], master_port=port)
     stopped: set[int] = set()
     first_failure: int | None = None
     deadline: float | None = None

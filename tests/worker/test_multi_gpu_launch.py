@@ -89,7 +89,9 @@ def test_sigterm_to_the_launcher_reaches_every_rank_and_the_job_exits_75(fake_ra
     )  # fmt: skip
     ready = 0
     while ready < 2:  # both ranks have installed their SIGTERM handler
-        ready += launcher.stdout.readline().strip() == "ready"
+        line = launcher.stdout.readline()
+        assert line, "the launcher's output ended before both ranks were ready"
+        ready += line.strip() == "ready"
     launcher.send_signal(signal.SIGTERM)
     assert launcher.wait(timeout=20) == 75
     assert '"exit_codes": [75, 75]' in launcher.stdout.read()
