@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,19 +27,6 @@ def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "0"))
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-
-
-@pytest.fixture(autouse=True)
-def _log_handlers_follow_capture() -> None:
-    """Powertools loggers are module-level and keep the sys.stdout they saw first, which may be an earlier
-    test's capture, closed by now: writing there prints '--- Logging error ---' with a traceback into this
-    test's stderr. Point such handlers at the current stdout."""
-    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)] + [logging.root]
-    for logger in loggers:
-        for handler in getattr(logger, "handlers", []):
-            stream = getattr(handler, "stream", None)
-            if isinstance(handler, logging.StreamHandler) and stream is not None and stream.closed:
-                handler.stream = sys.stdout  # not setStream(): it flushes the closed stream first
 
 
 @dataclass
