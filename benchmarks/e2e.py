@@ -163,7 +163,15 @@ def seed_hash_memo(model_dir: Path, cache_dir: Path, workers: int = 16) -> float
 
 
 def write_spec(
-    work: Path, model_dir: Path, *, name: str, width: int, height: int, frames: int, steps: int
+    work: Path,
+    model_dir: Path,
+    *,
+    name: str,
+    width: int,
+    height: int,
+    frames: int,
+    steps: int,
+    gpus: int = 1,
 ) -> Path:
     run_id = f"e2e-{name.replace('_', '-')}-20250101T000000Z-0000e2e0"
     spec = {
@@ -171,7 +179,7 @@ def write_spec(
         "run_id": run_id,
         "source": {"bucket": "local", "key": f"prompts/e2e-{name}.json", "etag": "e2e"},
         "model": {"id": str(Path(model_dir).resolve()), "revision": "random-weights"},
-        "gpus": 1,
+        "gpus": gpus,
         "items_per_job": 1,
         "items": [
             {
@@ -353,8 +361,8 @@ def run_one(args: argparse.Namespace) -> int:
     width, height = parse_size(args.size)
     work = Path(args.work) / args.name
     spec = write_spec(work, Path(args.model), name=args.name, width=width, height=height, frames=args.frames,
-                      steps=args.steps)  # fmt: skip
-    env = {"OFFLOAD": args.offload, "COMPILE": args.compile}
+                      steps=args.steps, gpus=args.gpus)  # fmt: skip
+    env = {"OFFLOAD": args.offload, "COMPILE": args.compile, **dict(pair.split("=", 1) for pair in args.env)}
     if args.memory_fraction:
         env["WANBATCH_GPU_MEMORY_FRACTION"] = str(args.memory_fraction)
     cache = Path(args.work) / "cache"
@@ -393,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--offload", default="auto")
     r.add_argument("--compile", default="auto")
     r.add_argument("--memory-fraction", type=float, default=None, help="simulate a smaller card")
+    r.add_argument("--gpus", type=int, default=1, help="the spec's gpus: >1 renders with context parallelism")
+    r.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="worker setting, repeatable")
     r.add_argument("--extrapolate-to", type=int, default=40)
     r.add_argument("--timeout", type=float, default=540.0)
     args = parser.parse_args(argv)

@@ -2,10 +2,11 @@
 # The worker end to end on a GPU machine, real-size Wan2.2-T2V-A14B with random weights (benchmarks/e2e.py).
 #   benchmarks/run_e2e.sh quick   # build the checkpoint; 480p 4 steps; 720p 4 steps as a 48 GB card (~6 min)
 #   benchmarks/run_e2e.sh full    # 480p 40 steps (reuses the checkpoint if the machine kept it; ~5 min)
+#   benchmarks/run_e2e.sh cp2      # the worker itself on 2 GPUs (context parallelism), tiny shapes (~1 min)
 #   benchmarks/run_e2e.sh 720p    # 720p 4 steps with the whole card (~3 min)
 # Wheels the machine lacks travel in .whl/ (see BENCHMARKS.md). Results merge into $BENCH_RESULTS.
 set -uo pipefail
-part="${1:?usage: run_e2e.sh quick|full|720p}"
+part="${1:?usage: run_e2e.sh quick|full|cp2|720p}"
 cd "$(dirname "$0")/.."
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -31,9 +32,13 @@ case "$part" in
   full)
     e2e 300 build --dir "$model" || exit 1
     e2e 540 run --model "$model" --name 480p_40 --size '832*480' --steps 40 ;;
+  cp2)
+    e2e 200 build --tiny --dir outputs/e2e/tiny || exit 1
+    e2e 120 run --model outputs/e2e/tiny --name tiny1gpu_4 --size '832*480' --steps 4 --gpus 1
+    e2e 180 run --model outputs/e2e/tiny --name tiny2gpu_4 --size '832*480' --steps 4 --gpus 2 ;;
   720p)
     e2e 300 build --dir "$model" || exit 1
     e2e 300 run --model "$model" --name 720p_4 --size '1280*720' --steps 4 ;;
   *)
-    echo "unknown part: $part (quick|full|720p)" >&2; exit 64 ;;
+    echo "unknown part: $part (quick|full|cp2|720p)" >&2; exit 64 ;;
 esac

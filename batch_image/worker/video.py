@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 
 CODEC, PIX_FMT = "h264", "yuv420p"
+# x264 is deterministic for a given thread count (its --non-deterministic is off), so a fixed count keeps
+# the bytes the same on every machine while using up to 8 cores (2-3x faster than one thread).
+ENCODER_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,7 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
 
 
-def encode_mp4(frames: np.ndarray, path: Path, fps: int, crf: int = 18) -> Path:
+def encode_mp4(frames: np.ndarray, path: Path, fps: int, crf: int = 18, threads: int = ENCODER_THREADS) -> Path:
     """Encode uint8 RGB frames (F, H, W, 3) with libx264; bit-exact flags keep the bytes reproducible."""
     import imageio_ffmpeg
 
@@ -52,7 +55,7 @@ def encode_mp4(frames: np.ndarray, path: Path, fps: int, crf: int = 18) -> Path:
             "-preset",
             "medium",
             "-threads",
-            "1",
+            str(threads),
             "-map_metadata",
             "-1",
             "-flags",
