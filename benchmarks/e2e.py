@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--compile", default="auto")
     r.add_argument("--memory-fraction", type=float, default=None, help="simulate a smaller card")
     r.add_argument("--gpus", type=int, default=1, help="the spec's gpus: >1 renders with context parallelism")
-    r.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="worker setting, repeatable")
+    r.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="worker env; repeatable")
     r.add_argument("--extrapolate-to", type=int, default=40)
     r.add_argument("--timeout", type=float, default=540.0)
     args = parser.parse_args(argv)

@@ -3,16 +3,15 @@
 #   benchmarks/run_e2e.sh quick   # build the checkpoint; 480p 4 steps; 720p 4 steps as a 48 GB card (~6 min)
 #   benchmarks/run_e2e.sh full    # 480p 40 steps (reuses the checkpoint if the machine kept it; ~5 min)
 #   benchmarks/run_e2e.sh cp2      # the worker itself on 2 GPUs (context parallelism), tiny shapes (~1 min)
+#   benchmarks/run_e2e.sh swap     # 720p 4 steps as a 48 GB card with OFFLOAD=swap; 480p 40 steps TaylorSeer
+#   benchmarks/run_e2e.sh swapfull # the swap run, then 480p 40 steps lossless (~9.5 min)
+#   benchmarks/run_e2e.sh fp8      # 720p 4 steps, whole card, lossless then QUANTIZATION=fp8 (~6 min)
 #   benchmarks/run_e2e.sh 720p    # 720p 4 steps with the whole card (~3 min)
 # Wheels the machine lacks travel in .whl/ (see BENCHMARKS.md). Results merge into $BENCH_RESULTS.
 set -uo pipefail
-part="${1:?usage: run_e2e.sh quick|full|cp2|720p}"
+part="${1:?usage: run_e2e.sh quick|full|cp2|swap|swapfull|fp8|720p}"
 cd "$(dirname "$0")/.."
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 1
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
+source benchmarks/gpu_env.sh
 # PyAV's wheel does not fit beside the others in one transfer; a small stand-in reads the MP4 instead.
 python3 -c "import av" 2>/dev/null || export PYTHONPATH="$PWD/benchmarks/gpu_shims:$PYTHONPATH"
 export PYTHONPATH="$PWD/batch_image:$PWD:$PYTHONPATH"  # worker and wanbatch, as in the image
@@ -36,9 +35,23 @@ case "$part" in
     e2e 200 build --tiny --dir outputs/e2e/tiny || exit 1
     e2e 120 run --model outputs/e2e/tiny --name tiny1gpu_4 --size '832*480' --steps 4 --gpus 1
     e2e 180 run --model outputs/e2e/tiny --name tiny2gpu_4 --size '832*480' --steps 4 --gpus 2 ;;
+  swap)
+    e2e 300 build --dir "$model" || exit 1
+    e2e 280 run --model "$model" --name 720p_4_48gb --size '1280*720' --steps 4 --memory-fraction "$l40s_fraction" \
+      --offload swap
+    e2e 240 run --model "$model" --name taylorseer480p_40 --size '832*480' --steps 40 --env STEP_CACHE=taylorseer ;;
+  swapfull)
+    e2e 300 build --dir "$model" || exit 1
+    e2e 280 run --model "$model" --name 720p_4_48gb --size '1280*720' --steps 4 --memory-fraction "$l40s_fraction" \
+      --offload swap
+    e2e 300 run --model "$model" --name 480p_40 --size '832*480' --steps 40 ;;
+  fp8)
+    e2e 300 build --dir "$model" || exit 1
+    e2e 240 run --model "$model" --name 720p_4 --size '1280*720' --steps 4
+    e2e 240 run --model "$model" --name fp8720p_4 --size '1280*720' --steps 4 --env QUANTIZATION=fp8 ;;
   720p)
     e2e 300 build --dir "$model" || exit 1
     e2e 300 run --model "$model" --name 720p_4 --size '1280*720' --steps 4 ;;
   *)
-    echo "unknown part: $part (quick|full|cp2|720p)" >&2; exit 64 ;;
+    echo "unknown part: $part (quick|full|cp2|swap|swapfull|fp8|720p)" >&2; exit 64 ;;
 esac

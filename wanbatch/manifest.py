@@ -35,7 +35,8 @@ class ModelRecord(_Section):
 class RuntimeRecord(_Section):
     device: str  # cuda | cpu
     dtype: dict[str, str]  # component -> torch dtype
-    quantization: str | None = None
+    quantization: str | None = None  # None (bf16, lossless) | "fp8": FP8 linear layers (a fast preset)
+    step_cache: str | None = None  # None | "taylorseer": cached steps skip the blocks (a fast preset)
     offload: str
     offload_reason: str
     text_encoder_device: str

@@ -153,6 +153,8 @@ def _prepare(ctx: Context, pending: list[SpecItem]) -> None:
         attention=s.attention_backend,
         compile=s.compile_mode,
         device=launch.device(),
+        quantization=s.quantization,
+        step_cache=s.step_cache,
     )
     ctx.context_parallel = distributed.enable_context_parallel(
         ctx.loaded, launch, compile_requested=s.compile_mode
@@ -352,7 +354,8 @@ def build_manifest(
                 "text_encoder": str(loaded.pipe.text_encoder.dtype).removeprefix("torch."),
                 "vae": str(VAE_DTYPE).removeprefix("torch."),
             },
-            "quantization": None,
+            "quantization": None if loaded.quantization == "none" else loaded.quantization,
+            "step_cache": None if loaded.step_cache == "none" else loaded.step_cache,
             "offload": loaded.plan.offload,
             "offload_reason": loaded.plan.reason,
             "text_encoder_device": loaded.plan.text_encoder_device,

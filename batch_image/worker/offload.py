@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-OFFLOAD_MODES = ("auto", "none", "model", "group", "sequential")
+OFFLOAD_MODES = ("auto", "none", "model", "swap", "group", "sequential")
 TEXT_ENCODER_DEVICES = ("auto", "gpu", "cpu")
 GiB = 1024**3
 
@@ -20,6 +20,7 @@ A14B_EXPERT_BYTES = int(28.6e9)
 A14B_TEXT_ENCODER_BYTES = int(11.4e9)
 A14B_VAE_BYTES = int(0.5e9)
 RESERVE_BYTES = 3 * GiB  # CUDA context, allocator fragmentation, the prompt embeddings
+HOST_RESERVE_BYTES = 8 * GiB  # Python, PyTorch, CUDA's host allocations, the decoded frames and the MP4
 ACTIVATION_BYTES_PER_TOKEN = 120_000  # measured order for a 5120-wide block in bf16, one CFG branch at a time
 VAE_DECODE_BYTES_PER_PIXEL = 12_000  # fp32 Wan VAE decode peak per output pixel of one frame (causal cache)
 # Benchmark hook: use only this fraction of the GPU's memory, e.g. 48/141 to behave like a 48 GB L40S on an
@@ -95,8 +96,10 @@ def choose_plan(
     if offload == "auto":
         if everything + activations + RESERVE_BYTES <= gpu_total_bytes:
             offload, reason = "none", "both experts, text encoder and VAE fit on the GPU"
-        elif one_expert <= gpu_total_bytes:
+        elif one_expert <= gpu_total_bytes and host_ram_bytes >= everything + HOST_RESERVE_BYTES:
             offload, reason = "model", "one expert at a time fits on the GPU"
+        elif one_expert <= gpu_total_bytes:
+            offload, reason = "swap", "one expert fits on the GPU, both do not fit in host memory"
         elif (
             host_ram_bytes >= everything
             and footprint.expert // 10 + activations + RESERVE_BYTES <= gpu_total_bytes
@@ -105,6 +108,9 @@ def choose_plan(
         else:
             offload, reason = "sequential", "little GPU memory: stream each layer from host memory"
 
+    if text_encoder_device == "auto" and offload == "swap":
+        # The expert stays on the GPU during the whole item: UMT5 (seconds per prompt) runs on the CPU.
+        text_encoder_device = "cpu"
     if text_encoder_device == "auto":
         # With everything resident the encoder must fit beside the experts; otherwise it is swapped in alone.
         resident = 2 * footprint.expert + footprint.vae + activations if offload == "none" else 0
@@ -134,6 +140,11 @@ def apply_plan(pipe, plan: OffloadPlan, device: str) -> None:
     elif plan.offload == "model":
         # Hooks follow text_encoder->transformer->transformer_2->vae, the order our loop calls them in.
         pipe.enable_model_cpu_offload(device=device)
+    elif plan.offload == "swap":
+        # The experts are not in the pipeline: worker.experts.ExpertSwap loads each onto the GPU in turn.
+        pipe.vae.to(device)
+        if plan.text_encoder_device == "gpu":
+            pipe.text_encoder.to(device)
     elif plan.offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
     elif plan.offload == "group":

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 
 from wanbatch.spec import SpecItem
+from worker.experts import EXPERTS, ExpertSwap, expert_config, load_expert
 from worker.offload import OffloadPlan, apply_plan, gpu_memory_fraction
+from worker.presets import apply_fp8, apply_step_cache, check_quantization, check_step_cache
 from worker.progress import emit
 
 log = logging.getLogger(__name__)
@@ -53,11 +55,24 @@ class LoadedPipeline:
     compile_mode: str = "none"  # what runs: regional | none (after an `auto` fallback: none)
     compile_fallback: bool = False  # `auto`: a compile failure drops to eager instead of failing the item
     compile_error: str | None = None  # why `auto` fell back, for the logs
+    quantization: str = "none"  # none | fp8 (worker.presets)
+    step_cache: str = "none"  # none | taylorseer (worker.presets)
+    swap: ExpertSwap | None = None  # OFFLOAD=swap: the one expert on the GPU, loaded from disk when needed
+    transformer_config: Any = None  # the experts' shared config (read from disk when they are swapped)
     _checked: set = field(default_factory=set)  # experts whose first compiled call succeeded
 
     @property
     def boundary_ratio(self) -> float | None:
         return self.pipe.config.boundary_ratio
+
+    def expert(self, name: str) -> torch.nn.Module:
+        """`transformer` (high noise) or `transformer_2` (low noise), on its device, ready to call."""
+        if self.swap is not None:
+            return self.swap.get(self.pipe, name)
+        return getattr(self.pipe, name)
+
+    def resident_experts(self) -> list[torch.nn.Module]:
+        return [e for e in (self.pipe.transformer, self.pipe.transformer_2) if e is not None]
 
 
 @dataclass
@@ -107,12 +122,16 @@ def pick_attention_backend(requested: str, device: str) -> str:
     return "native"  # SDPA picks flash/cuDNN/efficient kernels itself
 
 
-def pick_compile(requested: str, device: str, plan: OffloadPlan) -> str:
+def pick_compile(requested: str, device: str, plan: OffloadPlan, step_cache: str = "none") -> str:
     """`regional` or `none`: what COMPILE means on this device with this offload plan."""
     if requested not in COMPILE_MODES:
         raise ValueError(f"COMPILE must be one of {', '.join(COMPILE_MODES)}, got {requested!r}")
     if requested == "none" or device == "cpu" or not str(device).startswith("cuda"):
         return "none"  # CPU/MPS: compile costs more than it saves for one render
+    if step_cache != "none":
+        # The cache's hooks wrap each block with Python state (a graph break a fullgraph compile refuses);
+        # on cached steps the blocks do not run at all, so there is little left to compile.
+        return "none"
     if plan.offload in ("group", "sequential"):
         # Their hooks stream weights inside each block, which a fullgraph compile cannot trace, and the
         # transfers dominate the step anyway.
@@ -127,6 +146,8 @@ def load_pipeline(
     attention: str = "auto",
     device: str | None = None,
     compile: str = "auto",
+    quantization: str = "none",
+    step_cache: str = "none",
 ):
     """Components from a Diffusers-format folder: bf16 experts and text encoder, fp32 VAE."""
     import transformers
@@ -137,7 +158,9 @@ def load_pipeline(
     diffusers_logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    compile_mode = pick_compile(compile, device, plan)  # validate before the slow part
+    compile_mode = pick_compile(compile, device, plan, step_cache)  # validate before the slow part
+    check_quantization(quantization, device)
+    check_step_cache(step_cache)
     fraction = gpu_memory_fraction()
     if fraction is not None and device.startswith("cuda"):
         # Benchmark hook: behave like a smaller card (choose_plan plans for the same fraction).
@@ -145,28 +168,45 @@ def load_pipeline(
         torch.cuda.set_per_process_memory_fraction(
             fraction, torch.cuda.current_device() if index is None else index
         )
-    vae = AutoencoderKLWan.from_pretrained(model_dir, subfolder="vae", dtype=VAE_DTYPE)
-    pipe = WanPipeline.from_pretrained(model_dir, vae=vae, dtype=TRANSFORMER_DTYPE)
-    pipe.set_progress_bar_config(disable=True)
     backend = pick_attention_backend(attention, device)
-    if backend != "native":
-        for expert in (pipe.transformer, pipe.transformer_2):
-            if expert is not None:
-                expert.set_attention_backend(backend)
-    apply_plan(pipe, plan, device)
-    if compile_mode == "regional":
-        for expert in (pipe.transformer, pipe.transformer_2):
-            if expert is not None:
-                # Lazy: the compile happens at each expert's first call (the first step's time shows it).
-                expert.compile_repeated_blocks(fullgraph=True)
-    return LoadedPipeline(
-        pipe=pipe,
+    loaded = LoadedPipeline(
+        pipe=None,
         device=device,
         plan=plan,
         attention_backend=backend,
         compile_mode=compile_mode,
         compile_fallback=compile == "auto",
+        quantization=quantization,
+        step_cache=step_cache,
+        transformer_config=expert_config(model_dir),
     )
+    experts: dict[str, Any] = {}
+    if plan.offload == "swap":
+        experts = {name: None for name in EXPERTS}  # loaded one at a time by ExpertSwap
+        loaded.swap = ExpertSwap(model_dir, device, lambda expert: prepare_expert(loaded, expert))
+    elif plan.offload == "none":
+        # Straight from the files onto the GPU: no host copy of the 2 x 27 GiB, no second pass to move it.
+        experts = {name: load_expert(model_dir, name, device) for name in EXPERTS}
+    vae = AutoencoderKLWan.from_pretrained(model_dir, subfolder="vae", dtype=VAE_DTYPE)
+    pipe = WanPipeline.from_pretrained(model_dir, vae=vae, dtype=TRANSFORMER_DTYPE, **experts)
+    pipe.set_progress_bar_config(disable=True)
+    loaded.pipe = pipe
+    apply_plan(pipe, plan, device)
+    for expert in loaded.resident_experts():
+        prepare_expert(loaded, expert)
+    return loaded
+
+
+def prepare_expert(loaded: LoadedPipeline, expert: torch.nn.Module) -> None:
+    """Attention backend, presets and compile for one expert (at load, or each time one is swapped in)."""
+    if loaded.attention_backend != "native":
+        expert.set_attention_backend(loaded.attention_backend)
+    if loaded.quantization == "fp8":
+        apply_fp8(expert)
+    apply_step_cache(expert, loaded.step_cache)
+    if loaded.compile_mode == "regional":
+        # Lazy: the compile happens at each expert's first call (the first step's time shows it).
+        expert.compile_repeated_blocks(fullgraph=True)
 
 
 def uncompile(module: torch.nn.Module) -> None:
@@ -186,9 +226,8 @@ def run_expert(loaded: LoadedPipeline, model: torch.nn.Module, **inputs) -> torc
     except Exception as exc:  # noqa: BLE001 - inductor/dynamo raise many types; eager is the safe answer
         loaded.compile_error = f"{type(exc).__name__}: {exc}"[:500]
         log.warning("compile failed, running eager: %s", loaded.compile_error)
-        for expert in (loaded.pipe.transformer, loaded.pipe.transformer_2):
-            if expert is not None:
-                uncompile(expert)
+        for expert in loaded.resident_experts():
+            uncompile(expert)
         loaded.compile_mode = "none"
         return model(**inputs, return_dict=False)[0]
     loaded._checked.add(key)
@@ -238,18 +277,22 @@ def generate(
     timings: dict[str, Any] = {}
 
     # 1. Check inputs: sizes must patchify exactly (WanPipeline would silently round them).
-    multiple = pipe.vae_scale_factor_spatial * (pipe.transformer or pipe.transformer_2).config.patch_size[1]
+    config = loaded.transformer_config
+    multiple = pipe.vae_scale_factor_spatial * config.patch_size[1]
     if item.width % multiple or item.height % multiple:
         raise ValueError(f"width and height must be multiples of {multiple}, got {item.width}x{item.height}")
     if (item.num_frames - 1) % pipe.vae_scale_factor_temporal:
         raise ValueError(f"num_frames must be {pipe.vae_scale_factor_temporal}k+1, got {item.num_frames}")
-    device = pipe._execution_device
+    # With swapped experts no hook names the GPU, and the encoder sits on the CPU: use the loader's device.
+    device = pipe._execution_device if loaded.swap is None else torch.device(loaded.device)
     do_cfg = item.guidance_scale > 1.0  # as WanPipeline: decided by the first scale for both experts
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     # 2. Encode the prompt (and the negative prompt for classifier-free guidance).
     started = time.perf_counter()
+    # TEXT_ENCODER_DEVICE=cpu keeps UMT5 off the GPU: encode where its weights are, then move the result.
+    text_device = torch.device("cpu") if loaded.plan.text_encoder_device == "cpu" else device
     with torch.no_grad():
         prompt_embeds, negative_embeds = pipe.encode_prompt(
             prompt=item.prompt,
@@ -257,11 +300,11 @@ def generate(
             do_classifier_free_guidance=do_cfg,
             num_videos_per_prompt=1,
             max_sequence_length=max_sequence_length,
-            device=device,
+            device=text_device,
         )
-    transformer_dtype = (pipe.transformer or pipe.transformer_2).dtype
-    prompt_embeds = prompt_embeds.to(transformer_dtype)
-    negative_embeds = negative_embeds.to(transformer_dtype) if negative_embeds is not None else None
+    transformer_dtype = TRANSFORMER_DTYPE
+    prompt_embeds = prompt_embeds.to(device, transformer_dtype)
+    negative_embeds = negative_embeds.to(device, transformer_dtype) if negative_embeds is not None else None
     timings["text_encode_s"] = time.perf_counter() - started
 
     # 3. Timesteps from a scheduler configured with the item's flow shift.
@@ -274,7 +317,7 @@ def generate(
 
     # 4. Initial noise from a CPU generator seeded by the item, or the saved state.
     generator = torch.Generator("cpu").manual_seed(item.seed)
-    in_channels = (pipe.transformer or pipe.transformer_2).config.in_channels
+    in_channels = config.in_channels
     latents = pipe.prepare_latents(
         1, in_channels, item.height, item.width, item.num_frames, torch.float32, device, generator, None
     )
@@ -295,13 +338,16 @@ def generate(
     for i in range(start_step, len(timesteps)):
         step_started = time.perf_counter()
         t = timesteps[i]
-        if boundary_timestep is None or t >= boundary_timestep:
-            model, guidance, expert = pipe.transformer, item.guidance_scale, HIGH_NOISE
+        high = boundary_timestep is None or t >= boundary_timestep
+        model = None  # with OFFLOAD=swap the old expert must be freed before the next one loads
+        if high:
+            model, guidance, expert = loaded.expert("transformer"), item.guidance_scale, HIGH_NOISE
         else:
-            model, guidance, expert = pipe.transformer_2, item.guidance_scale_2, LOW_NOISE
+            model, guidance, expert = loaded.expert("transformer_2"), item.guidance_scale_2, LOW_NOISE
         model_input = latents.to(transformer_dtype)
         timestep = t.expand(latents.shape[0])
-        with torch.no_grad():
+        # Named contexts as WanPipeline uses them: a step cache keeps separate state per branch.
+        with torch.no_grad(), model.cache_context("cond"):
             noise_pred = run_expert(
                 loaded,
                 model,
@@ -309,7 +355,8 @@ def generate(
                 timestep=timestep,
                 encoder_hidden_states=prompt_embeds,
             )
-            if do_cfg:
+        if do_cfg:
+            with torch.no_grad(), model.cache_context("uncond"):
                 noise_uncond = run_expert(
                     loaded,
                     model,
@@ -317,7 +364,8 @@ def generate(
                     timestep=timestep,
                     encoder_hidden_states=negative_embeds,
                 )
-                noise_pred = noise_uncond + guidance * (noise_pred - noise_uncond)
+            noise_pred = noise_uncond + guidance * (noise_pred - noise_uncond)
+        with torch.no_grad():
             latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # honest per-step timings
@@ -338,6 +386,9 @@ def generate(
 
     # 6. Decode with the fp32 VAE, un-normalising the latents as WanPipeline does.
     started = time.perf_counter()
+    if loaded.swap is not None:
+        model = None
+        loaded.swap.release(pipe)  # the decode's activations get the expert's memory
     if output_type == "latent":
         frames = latents
     else:

@@ -10,6 +10,7 @@ from pathlib import Path
 from wanbatch.errors import SpecError
 from worker.offload import OFFLOAD_MODES, TEXT_ENCODER_DEVICES
 from worker.pipeline import ATTENTION_BACKENDS, COMPILE_MODES
+from worker.presets import QUANTIZATION_MODES, STEP_CACHES
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,8 @@ class Settings:
     text_encoder_device: str = "auto"
     attention_backend: str = "auto"
     compile_mode: str = "auto"  # COMPILE: auto | none | regional (see worker.pipeline)
+    quantization: str = "none"  # QUANTIZATION: none | fp8 (a fast preset, worker.presets)
+    step_cache: str = "none"  # STEP_CACHE: none | taylorseer (a fast preset, worker.presets)
     warm_model: str | None = None  # "<repo id>@<revision>": fill the cache and exit
     resume_save_interval_s: float = 0.0  # 0: save the state after every step
     progress_every_steps: int = 5
@@ -38,8 +41,8 @@ class Settings:
             except ValueError:
                 raise SpecError(f"{name} must be a number, got {raw!r}") from None
 
-        def choice(name: str, allowed: tuple[str, ...]) -> str:
-            value = env.get(name, "auto").strip() or "auto"
+        def choice(name: str, allowed: tuple[str, ...], default: str = "auto") -> str:
+            value = env.get(name, default).strip() or default
             if value not in allowed:
                 raise SpecError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
             return value
@@ -54,6 +57,8 @@ class Settings:
             text_encoder_device=choice("TEXT_ENCODER_DEVICE", TEXT_ENCODER_DEVICES),
             attention_backend=choice("ATTENTION_BACKEND", ATTENTION_BACKENDS),
             compile_mode=choice("COMPILE", COMPILE_MODES),
+            quantization=choice("QUANTIZATION", QUANTIZATION_MODES, "none"),
+            step_cache=choice("STEP_CACHE", STEP_CACHES, "none"),
             warm_model=env.get("WARM_MODEL") or None,
             resume_save_interval_s=number("RESUME_SAVE_INTERVAL_S", 0.0, float),
             progress_every_steps=number("PROGRESS_EVERY_STEPS", 5),

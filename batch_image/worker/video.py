@@ -30,7 +30,9 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
 
 
-def encode_mp4(frames: np.ndarray, path: Path, fps: int, crf: int = 18, threads: int = ENCODER_THREADS) -> Path:
+def encode_mp4(
+    frames: np.ndarray, path: Path, fps: int, crf: int = 18, threads: int = ENCODER_THREADS
+) -> Path:
     """Encode uint8 RGB frames (F, H, W, 3) with libx264; bit-exact flags keep the bytes reproducible."""
     import imageio_ffmpeg
 

@@ -21,8 +21,10 @@ from wanbatch.client.render import (
 from wanbatch.spec import RunSpec
 
 # Contract 5's modes (the worker validates them again).
-OFFLOAD_MODES = ("auto", "none", "model", "group", "sequential")
+OFFLOAD_MODES = ("auto", "none", "model", "swap", "group", "sequential")
 TEXT_ENCODER_DEVICES = ("auto", "gpu", "cpu")
+QUANTIZATION_MODES = ("none", "fp8")  # fast presets (off by default; they change the frames)
+STEP_CACHES = ("none", "taylorseer")
 
 
 def add_local_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +56,18 @@ def add_local_arguments(parser: argparse.ArgumentParser) -> None:
         help="where UMT5 runs (default auto)",
     )
     group.add_argument(
+        "--quantization",
+        choices=QUANTIZATION_MODES,
+        default="none",
+        help="fp8: FP8 linear layers, faster on L40S/H100, not lossless (default none)",
+    )
+    group.add_argument(
+        "--step-cache",
+        choices=STEP_CACHES,
+        default="none",
+        help="taylorseer: skip the network on 22 of 40 steps, faster, not lossless (default none)",
+    )
+    group.add_argument(
         "--dry-run", action="store_true", help="write the spec and print the worker command, render nothing"
     )
     group.add_argument("-q", "--quiet", action="store_true", help="print the video paths only")
@@ -71,9 +85,12 @@ def render_spec(args: argparse.Namespace, spec: RunSpec) -> RenderResult | None:
         model_cache_dir=cache_dir(args) / "models",
         offload=args.offload,
         text_encoder_device=args.text_encoder_device,
+        quantization=args.quantization,
+        step_cache=args.step_cache,
     )
     if args.dry_run:
         shown = ("SPEC_URI", "MODEL_CACHE_DIR", "OFFLOAD", "TEXT_ENCODER_DEVICE")
+        shown += ("QUANTIZATION", "STEP_CACHE")
         print(spec_path)
         print(
             " ".join(

@@ -114,6 +114,9 @@ def _local(args: argparse.Namespace, manifest: Manifest) -> int:
         content=content,
         model=model,
     )
+    # The fast presets change the frames: render with the ones the original used.
+    args.quantization = manifest.runtime.quantization or "none"
+    args.step_cache = manifest.runtime.step_cache or "none"
     result = render_spec(args, spec)
     if result is None:
         return 0

@@ -1,0 +1,91 @@
+"""The two A14B experts: loaded straight onto their device, and (OFFLOAD=swap) one at a time from disk.
+
+`swap` is for hosts with less memory than the model (a g6e.2xlarge has 64 GiB for 2 x 27 GiB experts plus
+a 12.6 GiB text encoder): the expert in use lives on the GPU only, the other stays on disk (page cache or
+NVMe) and is read straight into GPU memory when the denoising loop crosses the boundary. Nothing of the
+experts is held in host memory, so the process's RSS is the text encoder plus PyTorch.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from worker.progress import emit
+
+log = logging.getLogger(__name__)
+
+EXPERTS = ("transformer", "transformer_2")  # high-noise, low-noise (diffusers' WanPipeline names)
+EXPERT_DTYPE = torch.bfloat16
+
+
+def expert_config(model_dir: Path) -> Any:
+    """The experts' shared config (patch size, channels), read without loading any weights."""
+    from diffusers import WanTransformer3DModel
+    from diffusers.configuration_utils import FrozenDict
+
+    for name in EXPERTS:
+        if (Path(model_dir) / name / "config.json").is_file():
+            return FrozenDict(WanTransformer3DModel.load_config(model_dir, subfolder=name))
+    raise FileNotFoundError(f"{model_dir} has neither transformer/ nor transformer_2/")
+
+
+def present_experts(model_dir: Path) -> list[str]:
+    """Which experts model_index.json names (Wan2.2-TI2V-5B has no transformer_2)."""
+    index = json.loads((Path(model_dir) / "model_index.json").read_text())
+    return [name for name in EXPERTS if (index.get(name) or [None])[0] is not None]
+
+
+def load_expert(model_dir: Path, name: str, device: str) -> torch.nn.Module | None:
+    """One expert read from its safetensors straight into `device` memory; None if the model has none."""
+    from diffusers import WanTransformer3DModel
+
+    if name not in present_experts(model_dir):
+        return None
+    return WanTransformer3DModel.from_pretrained(
+        model_dir, subfolder=name, torch_dtype=EXPERT_DTYPE, device_map={"": torch.device(device)}
+    )
+
+
+class ExpertSwap:
+    """Keeps at most one expert in memory, on the GPU; `get` swaps when the loop asks for the other."""
+
+    def __init__(self, model_dir: Path, device: str, prepare: Callable[[torch.nn.Module], None]):
+        self.model_dir, self.device, self.prepare = Path(model_dir), device, prepare
+        self.name: str | None = None
+        self.loads = 0
+        self.load_s = 0.0
+
+    def get(self, pipe, name: str) -> torch.nn.Module:
+        if self.name == name:
+            return getattr(pipe, name)
+        self.release(pipe)
+        started = time.perf_counter()
+        expert = load_expert(self.model_dir, name, self.device)
+        if expert is None:
+            raise ValueError(f"the model has no {name}")
+        self.prepare(expert)
+        pipe.register_modules(**{name: expert})
+        self.name = name
+        self.loads += 1
+        seconds = time.perf_counter() - started
+        self.load_s += seconds
+        emit("expert_loaded", expert=name, seconds=round(seconds, 3), loads=self.loads)
+        return expert
+
+    def release(self, pipe) -> None:
+        """Drop the expert on the GPU (before the other one loads, and before the VAE decodes)."""
+        if self.name is None:
+            return
+        pipe.register_modules(**{self.name: None})
+        self.name = None
+        gc.collect()
+        if str(self.device).startswith("cuda"):
+            torch.cuda.empty_cache()

@@ -1,0 +1,197 @@
+"""Fast presets on the real A14B DiT (random bf16 weights), one CFG step at 720p, against the lossless one.
+
+    python -m benchmarks.presets                  # GPU machine, ~5 min
+    python -m benchmarks.presets --tiny --device cpu --only lossless   # checks the code on a CPU
+
+Variants, in this order on one model (FP8 quantizes it in place):
+  lossless   regional compile, SDPA (the worker's default)
+  fp8        + FP8 linear layers (worker.presets.apply_fp8: torchao dynamic e4m3, per-row scales), compiled
+  fp8_sage   + SageAttention 2 (INT8 QK, FP8 PV, the sm90 kernel through diffusers' backend), when
+             `sageattention>=2.1.1` imports (built from source on the GPU machine: run_gpu.sh presets)
+Each records the CFG step time, the first (compiling) call, peak memory and the distance of its output
+from the lossless one. diffusers decides at import whether Sage is usable, so `fp8_sage` runs in a second
+process once the build is done: the first saves the lossless output and time (`--save-ref`), the second
+loads them (`--ref`; same seed, same weights). `fp8_speedup_720p` = lossless step / best FP8 step,
+merged into results.json.
+The self-attention alone (SDPA vs Sage kernels) is timed too, in TFLOP/s of the bf16-equivalent work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks import common, dit
+from benchmarks.common import log, run_guarded
+
+SAGE_BACKEND = "_sage_qk_int8_pv_fp8_cuda_sm90"
+VARIANTS = ("lossless", "fp8", "fp8_sage")
+
+
+def _worker_presets():
+    sys.path.insert(0, str(common.REPO_ROOT / "batch_image"))
+    from worker import presets
+
+    return presets
+
+
+def cfg_step(model: torch.nn.Module, cond: tuple, uncond: tuple) -> torch.Tensor:
+    """One denoising step's network work: the conditional and unconditional forwards, guidance 4."""
+    noise = dit.forward_ours(model, cond)
+    noise_uncond = dit.forward_ours(model, uncond)
+    return noise_uncond + 4.0 * (noise - noise_uncond)
+
+
+def time_variant(model, cond, uncond, device: str, compile: bool, reps: int) -> dict[str, Any]:
+    if compile:
+        for block in model.modules():  # drop an earlier variant's compiled code: the blocks changed
+            block._compiled_call_impl = None
+        model.compile_repeated_blocks(fullgraph=True, dynamic=False)
+    common.reset_peak(device)
+    first_s, _ = common.time_call(lambda: cfg_step(model, cond, uncond), device)
+    res = common.timed_runs(lambda: cfg_step(model, cond, uncond), device, warmup=0, reps=reps)
+    out = res.pop("out").float().cpu()
+    return {**res, "first_call_s": round(first_s, 2), "compiled": compile, "out": out}
+
+
+def attention_micro(size: str, device: str, tiny: bool) -> dict[str, Any]:
+    """Self-attention at the full 720p sequence: SDPA (cuDNN) vs the Sage kernels, bf16-equivalent TFLOP/s."""
+    cfg = dit.a14b_config(tiny)
+    heads, hd, n = cfg["num_attention_heads"], cfg["attention_head_dim"], dit.seq_len(size, tiny)
+    gen = torch.Generator(device=device).manual_seed(1)
+    shape = (1, heads, n, hd)  # HND, as SDPA takes it
+    q, k, v = (torch.randn(shape, generator=gen, device=device, dtype=torch.bfloat16) for _ in range(3))
+    flops = 4 * n * n * heads * hd
+    ref = F.scaled_dot_product_attention(q, k, v)
+    calls = {"sdpa": lambda: F.scaled_dot_product_attention(q, k, v)}
+    if importlib.util.find_spec("sageattention"):
+        import sageattention as sage
+
+        calls["sage_auto"] = lambda: sage.sageattn(q, k, v, tensor_layout="HND")
+        calls["sage_qk_int8_pv_fp8_cuda_sm90"] = lambda: sage.sageattn_qk_int8_pv_fp8_cuda_sm90(
+            q, k, v, tensor_layout="HND"
+        )
+    out: dict[str, Any] = {"seq_len": n}
+    for name, call in calls.items():
+
+        def bench(call=call) -> dict[str, Any]:
+            res = common.timed_runs(call, device, warmup=2, reps=3)
+            return {"median_s": res["median_s"], "tflops": flops / res["median_s"] / 1e12,
+                    **dit.compare(res.pop("out"), ref)}  # fmt: skip
+
+        out[name] = run_guarded(out, name, bench)
+    return out
+
+
+def summarize(rec: dict[str, Any]) -> dict[str, Any]:
+    lossless = rec.get("lossless")
+    if not lossless:
+        return {}
+    keys: dict[str, Any] = {"presets_720p_lossless_step_s": round(lossless["median_s"], 3)}
+    best = None
+    for name in ("fp8", "fp8_sage"):
+        variant = rec.get(name)
+        if variant:
+            keys[f"presets_720p_{name}_step_s"] = round(variant["median_s"], 3)
+            keys[f"presets_720p_{name}_vs_lossless"] = variant["vs_lossless"]
+            if best is None or variant["median_s"] < rec[best]["median_s"]:
+                best = name
+    if best:
+        keys["fp8_speedup_720p"] = round(lossless["median_s"] / rec[best]["median_s"], 3)
+        keys["fp8_speedup_720p_variant"] = best
+        if rec.get("fp8"):
+            keys["fp8_speedup_720p_linear_only"] = round(lossless["median_s"] / rec["fp8"]["median_s"], 3)
+    return keys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="720p", choices=sorted(common.LATENT_SHAPES))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--tiny", action="store_true", help="2-layer model, small latents (code check only)")
+    parser.add_argument("--only", default=",".join(VARIANTS), type=lambda s: s.split(","))
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--save-ref", type=Path, default=None, help="save the lossless output and time")
+    parser.add_argument("--ref", type=Path, default=None, help="a --save-ref file: skip the lossless run")
+    args = parser.parse_args(argv)
+    started = time.time()
+    compile = args.device.startswith("cuda")
+    presets = _worker_presets()
+    rec: dict[str, Any] = {"facts": common.machine_facts(), "size": args.size, "args": vars(args)}
+    model = dit.build_ours(args.device, args.tiny)
+    cond = dit.make_inputs(args.size, 1, args.device, args.tiny, seed=0)
+    _, _, uncond_context = dit.make_inputs(args.size, 1, args.device, args.tiny, seed=1)
+    uncond = (cond[0], cond[1], uncond_context)
+    ref: torch.Tensor | None = None
+    part = "presets" if args.ref is None else "presets_sage"
+    if args.ref is not None:
+        saved = torch.load(args.ref)
+        ref, rec["lossless"] = saved["out"], saved["lossless"]
+
+    def record(name: str, result: dict[str, Any] | None) -> None:
+        nonlocal ref
+        if result is None:
+            return
+        out = result.pop("out")
+        if ref is None:
+            ref = out
+        result["vs_lossless"] = dit.compare(out, ref)
+        rec[name] = result
+        log(f"{name}: step {result['median_s']:.3f} s (first {result['first_call_s']} s), "
+            f"peak {result['peak_gib']} GiB, vs lossless {result['vs_lossless']}")  # fmt: skip
+        common.write_part(part, rec)
+        common.merge_results(summarize(rec))
+        if name == "lossless" and args.save_ref:
+            torch.save({"out": out, "lossless": result}, args.save_ref)
+
+    if "lossless" in args.only and args.ref is None:
+        record("lossless", run_guarded(rec, "lossless", lambda: time_variant(
+            model, cond, uncond, args.device, compile, args.reps)))  # fmt: skip
+    if "fp8" in args.only:
+
+        def fp8() -> dict[str, Any]:
+            for block in model.modules():  # quantize the plain modules, then compile them again
+                block._compiled_call_impl = None
+            seconds, rec["fp8_layers"] = common.time_call(lambda: presets.apply_fp8(model), args.device)
+            log(f"fp8: {rec['fp8_layers']} linear layers quantized in {seconds:.1f} s")
+            seconds, _ = common.time_call(lambda: dit.forward_ours(model, cond), args.device)
+            rec["fp8_eager_first_forward_s"] = round(seconds, 2)
+            log(f"fp8: first eager forward {seconds:.2f} s (one branch); compiling")
+            return time_variant(model, cond, uncond, args.device, compile, args.reps)
+
+        record("fp8", run_guarded(rec, "fp8", fp8))
+    if "fp8_sage" in args.only and importlib.util.find_spec("sageattention"):
+        rec["attention_micro"] = run_guarded(rec, "attention_micro", lambda: attention_micro(
+            args.size, args.device, args.tiny))  # fmt: skip
+        log(f"attention: {rec['attention_micro']}")
+
+        def fp8_sage() -> dict[str, Any]:
+            if "fp8_layers" not in rec:
+                rec["fp8_layers"] = presets.apply_fp8(model)
+            model.set_attention_backend(SAGE_BACKEND)
+            try:
+                return time_variant(model, cond, uncond, args.device, compile, args.reps)
+            except Exception as exc:  # noqa: BLE001 - a kernel that does not trace: measure it eager
+                rec["fp8_sage_compile_error"] = f"{type(exc).__name__}: {exc}"[:400]
+                for block in model.modules():
+                    block._compiled_call_impl = None
+                return time_variant(model, cond, uncond, args.device, False, args.reps)
+
+        record("fp8_sage", run_guarded(rec, "fp8_sage", fp8_sage))
+    elif "fp8_sage" in args.only:
+        rec["fp8_sage_skipped"] = "sageattention (>= 2.1.1) not importable"
+    common.write_part(part, rec)
+    common.merge_results(summarize(rec))
+    log(f"done in {time.time() - started:.0f} s; {summarize(rec)}; errors: {rec.get('errors', {})}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
