@@ -67,6 +67,7 @@ class Compute(Construct):
         max_job_minutes: int,
         retry_attempts: int,
         runnable_timeout_minutes: int,
+        worker_presets: dict[str, str] | None = None,
         log_retention: logs.RetentionDays,
     ) -> None:
         super().__init__(scope, id_)
@@ -117,7 +118,7 @@ class Compute(Construct):
                 # Also for several GPUs: the worker starts one rank per GPU itself and exits with rank 0's
                 # code; under torchrun an exit 75 (retry me) would reach Batch as 1 (final).
                 command=WORKER_COMMAND,
-                environment={"OFFLOAD": "auto", "TEXT_ENCODER_DEVICE": "auto"},
+                environment={"OFFLOAD": "auto", "TEXT_ENCODER_DEVICE": "auto", **(worker_presets or {})},
                 timeout=Duration.minutes(max_job_minutes),
                 retry_attempts=retry_attempts,
                 nvme=True,

@@ -16,6 +16,9 @@ from wanbatch.spec import DEFAULT_MODEL_ID, DEFAULT_MODEL_REVISION
 
 CAPACITY_MODES = ("spot", "spot-then-on-demand", "on-demand")
 NETWORK_MODES = ("public", "private")
+# The worker's fast presets (off by default: they change the frames; see BENCHMARKS.md).
+QUANTIZATION_MODES = ("none", "fp8")
+STEP_CACHES = ("none", "taylorseer")
 IMAGE_MODES = ("build", "pull")
 CACHE_REMOVAL = ("retain", "destroy")
 
@@ -121,6 +124,8 @@ class AppConfig:
     multi_gpu: MultiGpuConfig | None = None
     weights_s3_mirror: S3Location | None = None
     powertools_layer_version: int = 27
+    quantization: str = "none"
+    step_cache: str = "none"
     job_sizes: dict[int, JobSize] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -128,6 +133,8 @@ class AppConfig:
         _check_choice("capacity", self.capacity, CAPACITY_MODES)
         _check_choice("image_mode", self.image_mode, IMAGE_MODES)
         _check_choice("cache_removal", self.cache_removal, CACHE_REMOVAL)
+        _check_choice("quantization", self.quantization, QUANTIZATION_MODES)
+        _check_choice("step_cache", self.step_cache, STEP_CACHES)
         if self.image_mode == "pull" and not self.image_uri:
             raise ConfigError("image_mode 'pull' needs image_uri, e.g. <registry>/<repo>:<tag>")
         if not self.instance_types:
@@ -204,7 +211,14 @@ class AppConfig:
             multi_gpu=_multi_gpu(value("multi_gpu")),
             weights_s3_mirror=_s3_location("weights_s3_mirror", value("weights_s3_mirror")),
             powertools_layer_version=_int("powertools_layer_version", value("powertools_layer_version")),
+            quantization=str(value("quantization")),
+            step_cache=str(value("step_cache")),
         )
+
+    @property
+    def worker_presets(self) -> dict[str, str]:
+        """The job definitions' QUANTIZATION and STEP_CACHE (worker.presets)."""
+        return {"QUANTIZATION": self.quantization, "STEP_CACHE": self.step_cache}
 
 
 def job_size(instance_types: tuple[str, ...], *, gpus: int, key: str) -> JobSize:

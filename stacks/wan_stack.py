@@ -62,6 +62,7 @@ class WanBatchStack(Stack):
             max_job_minutes=config.max_job_minutes,
             retry_attempts=config.retry_attempts,
             runnable_timeout_minutes=config.runnable_timeout_minutes,
+            worker_presets=config.worker_presets,
             log_retention=retention,
         )
         triggers = Triggers(

@@ -24,7 +24,14 @@ from worker import distributed, facts
 from worker.checkpoints import ensure_model
 from worker.interrupts import Interrupts
 from worker.offload import Footprint, choose_plan
-from worker.pipeline import MAX_SEQUENCE_LENGTH, TRANSFORMER_DTYPE, VAE_DTYPE, generate, load_pipeline
+from worker.pipeline import (
+    MAX_SEQUENCE_LENGTH,
+    TRANSFORMER_DTYPE,
+    VAE_DTYPE,
+    configure_compile_cache,
+    generate,
+    load_pipeline,
+)
 from worker.progress import ItemProgress, emit, utcnow
 from worker.resume import ResumeStore, spec_hash
 from worker.settings import Settings
@@ -147,6 +154,7 @@ def _prepare(ctx: Context, pending: list[SpecItem]) -> None:
         text_encoder_device=s.text_encoder_device,
     )
     started = time.perf_counter()
+    configure_compile_cache(s.model_cache_dir, s.local_cache_dir)
     ctx.loaded = load_pipeline(
         ctx.model.path,
         plan=plan,

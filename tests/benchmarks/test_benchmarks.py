@@ -83,3 +83,33 @@ def test_unknown_size_is_a_clear_error(capsys):
     with pytest.raises(SystemExit):
         dit.main(["--tiny", "--sizes", "1080p"])
     assert "unknown size '1080p'" in capsys.readouterr().err
+
+
+def test_presets_speedup_is_the_lossless_step_over_the_best_fp8_step():
+    from benchmarks.presets import summarize
+
+    near = {"max_abs_diff": 0.1, "rel_l2": 0.01, "finite": True}
+    rec = {
+        "lossless": {"median_s": 21.0},
+        "fp8": {"median_s": 17.5, "vs_lossless": near},
+        "fp8_sage": {"median_s": 14.0, "vs_lossless": near},
+    }
+    keys = summarize(rec)
+    assert keys["fp8_speedup_720p"] == 1.5 and keys["fp8_speedup_720p_variant"] == "fp8_sage"
+    assert keys["fp8_speedup_720p_linear_only"] == 1.2
+    assert "fp8_speedup_720p" not in summarize({"lossless": {"median_s": 21.0}})
+
+
+def test_tiny_presets_run_saves_a_reference_the_second_process_compares_against(tmp_path, monkeypatch):
+    from benchmarks import presets
+
+    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path / "results.json"))
+    ref = tmp_path / "ref.pt"
+    base = ["--tiny", "--device", "cpu"]
+    assert presets.main([*base, "--only", "lossless", "--save-ref", str(ref)]) == 0
+    saved = torch.load(ref)
+    assert saved["lossless"]["median_s"] > 0 and saved["out"].shape[0] == 1
+    assert presets.main([*base, "--only", "fp8_sage", "--ref", str(ref)]) == 0  # no Sage on this machine
+    record = json.loads((tmp_path / "presets_sage.json").read_text())
+    assert record["fp8_sage_skipped"].startswith("sageattention")
+    assert json.loads((tmp_path / "results.json").read_text())["presets_720p_lossless_step_s"] > 0

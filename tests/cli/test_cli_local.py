@@ -167,6 +167,28 @@ def test_run_dry_run_with_the_real_model_writes_the_spec_only(tmp_path: Path, ca
     assert sorted(p.name for p in spec_path.parent.iterdir()) == ["spec.json"]
 
 
+def test_run_passes_the_fast_presets_to_the_worker(tmp_path: Path, capsys) -> None:
+    args = ["run", "a lake", "--dry-run", "-o", str(tmp_path), "--cache-dir", str(tmp_path / "cache")]
+    assert main(args) == 0
+    assert "QUANTIZATION=none" in capsys.readouterr().err
+    assert main([*args, "--step-cache", "taylorseer", "--quantization", "fp8"]) == 0
+    err = capsys.readouterr().err
+    assert "STEP_CACHE=taylorseer" in err and "QUANTIZATION=fp8" in err
+
+
+def test_reproduce_renders_with_the_originals_presets(rendered: dict, tmp_path: Path, capsys) -> None:
+    manifest = json.loads((rendered["run_dir"] / "cat.manifest.json").read_text())
+    assert (manifest["runtime"]["quantization"], manifest["runtime"]["step_cache"]) == (None, None)
+    manifest["runtime"]["step_cache"] = "taylorseer"
+    path = tmp_path / "cached.manifest.json"
+    path.write_text(json.dumps(manifest))
+    code = main(["reproduce", str(path), "--dry-run", "-o", str(tmp_path / "o"),
+                 "--cache-dir", str(rendered["cache"])])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "STEP_CACHE=taylorseer" in err and "QUANTIZATION=none" in err
+
+
 def test_run_a_prompt_file_keeps_its_model_unless_told(tmp_path: Path, capsys) -> None:
     path = tmp_path / "ideas.jsonl"
     path.write_text('"a lake"\n{"id": "owl", "prompt": "an owl", "steps": 8}\n')

@@ -44,5 +44,6 @@ def test_the_job_interface_is_set_as_contract_5_says(services: dict) -> None:
         "${OFFLOAD:-auto}",
         "${TEXT_ENCODER_DEVICE:-auto}",
     )
+    assert (worker["QUANTIZATION"], worker["STEP_CACHE"]) == ("${QUANTIZATION:-none}", "${STEP_CACHE:-none}")
     assert warm["WARM_MODEL"].startswith("${WARM_MODEL:-Wan-AI/Wan2.2-T2V-A14B-Diffusers@")
     assert "deploy" not in services["warm"] and services["warm"]["profiles"] == ["warm"]

@@ -71,6 +71,8 @@ def test_cli_style_comma_separated_instance_types() -> None:
         ({"multi_gpu": {"gpus": 4, "instance_types": ["g6e.4xlarge"]}}, "fewer than the 4 GPU"),
         ({"multi_gpu": {"gpus": 1, "instance_types": ["g6e.12xlarge"]}}, "at least 2"),
         ({"items_per_job": "many"}, "items_per_job"),
+        ({"quantization": "int4"}, "quantization must be one of"),
+        ({"step_cache": "magcache"}, "step_cache must be one of"),
         ({"max_vcpus": "lots"}, "max_vcpus must be an integer"),
         ({"retry_attempts": 11}, "retry_attempts must be 1..10"),
         ({"runnable_timeout_minutes": 5}, "runnable_timeout_minutes"),

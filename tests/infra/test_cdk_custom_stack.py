@@ -29,6 +29,7 @@ OVERRIDES: dict[str, Any] = {
     "multi_gpu": {"gpus": 4, "instance_types": ["g6e.12xlarge"]},
     "weights_s3_mirror": "s3://team-weights/wan2.2/",
     "notification_email": "videos@example.com",
+    "step_cache": "taylorseer",
     "schedules": [
         {
             "name": "nightly",
@@ -151,6 +152,16 @@ def test_multi_gpu_job_definition_runs_the_worker_on_four_gpus(synth: Synthesize
     assert container["LinuxParameters"]["SharedMemorySize"] == 32 * GIB
     assert definition["RetryStrategy"]["EvaluateOnExit"][1] == {"Action": "RETRY", "OnExitCode": "75"}
     assert {v["Name"] for v in container["Volumes"]} == {"model-cache", "nvme"}
+
+
+def test_the_configured_fast_preset_reaches_every_gpu_job(synth: Synthesized) -> None:
+    gpu_jobs = {gpus: d for gpus, d in job_definitions(synth).items() if gpus > 0}
+    assert sorted(gpu_jobs) == [1, 4]
+    for definition in gpu_jobs.values():
+        assert (environment(definition)["STEP_CACHE"], environment(definition)["QUANTIZATION"]) == (
+            "taylorseer",
+            "none",
+        )
 
 
 def submit_lambda(synth: Synthesized) -> tuple[str, dict[str, Any]]:

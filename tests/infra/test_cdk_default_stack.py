@@ -315,6 +315,8 @@ def test_job_environment_follows_contract_5(synth: Synthesized) -> None:
         "LOCAL_CACHE_DIR": "/mnt/nvme/models",
         "OFFLOAD": "auto",
         "TEXT_ENCODER_DEVICE": "auto",
+        "QUANTIZATION": "none",  # the fast presets are off unless cdk.json turns them on
+        "STEP_CACHE": "none",
     }  # SPEC_URI comes per job from the submit Lambda; no mirror unless configured
 
 

@@ -87,11 +87,13 @@ def test_sigterm_to_the_launcher_reaches_every_rank_and_the_job_exits_75(fake_ra
         stdout=subprocess.PIPE,
         text=True,
     )  # fmt: skip
-    ready = 0
-    while ready < 2:  # both ranks have installed their SIGTERM handler
+    seen = ""
+    # Both ranks have installed their SIGTERM handler. Counted in the whole output, not per line: with
+    # PYTHONUNBUFFERED the two ranks' "ready" and "\n" are separate writes and can interleave.
+    while seen.count("ready") < 2:
         line = launcher.stdout.readline()
-        assert line, "the launcher's output ended before both ranks were ready"
-        ready += line.strip() == "ready"
+        assert line, f"the launcher's output ended before both ranks were ready: {seen!r}"
+        seen += line
     launcher.send_signal(signal.SIGTERM)
     assert launcher.wait(timeout=20) == 75
     assert '"exit_codes": [75, 75]' in launcher.stdout.read()

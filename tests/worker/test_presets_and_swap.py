@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,3 +125,20 @@ def test_step_cache_skips_blocks_and_changes_the_frames_a_little(tiny_model_dir,
 def test_compile_stays_off_under_a_step_cache():
     assert pick_compile("regional", "cuda", _plan("none", "gpu"), step_cache="taylorseer") == "none"
     assert pick_compile("regional", "cuda", _plan("none", "gpu")) == "regional"
+
+
+def test_fp8_renders_eager_under_compile_auto():
+    # Compiling the FP8 blocks did not finish in minutes on the H200 (BENCHMARKS.md): auto stays eager.
+    assert pick_compile("auto", "cuda", _plan("none", "gpu"), quantization="fp8") == "none"
+    assert pick_compile("regional", "cuda", _plan("none", "gpu"), quantization="fp8") == "regional"
+
+
+def test_compile_caches_go_beside_the_model_unless_set(monkeypatch, tmp_path):
+    from worker.pipeline import configure_compile_cache
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    assert configure_compile_cache(tmp_path / "efs", tmp_path / "nvme") == tmp_path / "nvme" / "torch-compile"
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    assert configure_compile_cache(tmp_path / "efs", None) == tmp_path / "efs" / "torch-compile"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/elsewhere")
+    assert configure_compile_cache(tmp_path / "efs", None) == Path("/elsewhere")
