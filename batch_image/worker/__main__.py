@@ -41,7 +41,9 @@ def main() -> int:
         if settings.warm_model:
             from worker.warm import run_warm
 
-            code = run_warm(settings.warm_model, cache_dir=settings.model_cache_dir)
+            code = run_warm(
+                settings.warm_model, cache_dir=settings.model_cache_dir, s3_mirror=settings.s3_mirror
+            )
         else:
             spec, items, storage = load_chunk(settings)
             distributed.check_gpus(spec.gpus, launch, distributed.visible_gpus())

@@ -134,6 +134,7 @@ def _prepare(ctx: Context, pending: list[SpecItem]) -> None:
         ctx.spec.model.revision,
         cache_dir=s.model_cache_dir,
         local_cache_dir=s.local_cache_dir,
+        s3_mirror=s.s3_mirror,
     )
     if launch.is_writer:
         distributed.barrier(launch)

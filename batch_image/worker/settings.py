@@ -20,6 +20,7 @@ class Settings:
     attempt: int = 1
     model_cache_dir: Path = Path("/mnt/models")
     local_cache_dir: Path | None = None
+    s3_mirror: str = ""  # MODEL_S3_MIRROR: s3://bucket/prefix/ holding a copy of the weights ("" = none)
     offload: str = "auto"
     text_encoder_device: str = "auto"
     attention_backend: str = "auto"
@@ -53,6 +54,7 @@ class Settings:
             attempt=number("AWS_BATCH_JOB_ATTEMPT", 1),
             model_cache_dir=Path(env.get("MODEL_CACHE_DIR") or "/mnt/models"),
             local_cache_dir=Path(env["LOCAL_CACHE_DIR"]) if env.get("LOCAL_CACHE_DIR") else None,
+            s3_mirror=env.get("MODEL_S3_MIRROR", "").strip(),
             offload=choice("OFFLOAD", OFFLOAD_MODES),
             text_encoder_device=choice("TEXT_ENCODER_DEVICE", TEXT_ENCODER_DEVICES),
             attention_backend=choice("ATTENTION_BACKEND", ATTENTION_BACKENDS),

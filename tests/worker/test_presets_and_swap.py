@@ -142,3 +142,9 @@ def test_compile_caches_go_beside_the_model_unless_set(monkeypatch, tmp_path):
     assert configure_compile_cache(tmp_path / "efs", None) == tmp_path / "efs" / "torch-compile"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/elsewhere")
     assert configure_compile_cache(tmp_path / "efs", None) == Path("/elsewhere")
+
+
+def test_the_weight_mirror_comes_in_through_settings():
+    assert Settings.from_env({"SPEC_URI": "spec.json"}).s3_mirror == ""
+    mirrored = Settings.from_env({"SPEC_URI": "spec.json", "MODEL_S3_MIRROR": " s3://weights/wan/ "})
+    assert mirrored.s3_mirror == "s3://weights/wan/"
