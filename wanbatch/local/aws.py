@@ -111,6 +111,8 @@ def create_stack(endpoint_url: str, *, bucket: str = "wanbatch-local") -> LocalS
             "environment": [
                 {"name": "OFFLOAD", "value": "auto"},
                 {"name": "TEXT_ENCODER_DEVICE", "value": "auto"},
+                {"name": "QUANTIZATION", "value": "none"},
+                {"name": "STEP_CACHE", "value": "none"},
             ],
         },
     )["jobDefinitionArn"]

@@ -30,8 +30,8 @@ class FlowResult:
 
 
 @dataclass
-class _LambdaContext:
-    """What a handler reads of the Lambda context."""
+class LocalLambdaContext:
+    """What a handler reads of the Lambda context (local runs and tests call the handlers directly)."""
 
     function_name: str = "wanbatch-local-submit"
     memory_limit_in_mb: int = 512
@@ -119,7 +119,7 @@ def run_local_flow(prompt_file: Path, *, model_dir: Path, cache_dir: Path, outpu
         with _environ(submit_environment(stack, model_id=str(model_dir.resolve()), model_revision="local")):
             from lambdas.submit.handler import handler
 
-            handler(event, _LambdaContext())
+            handler(event, LocalLambdaContext())
         record = find_run_record(s3, stack.bucket, source_key=key, etag=etag)
         if record is None:
             raise RuntimeError(f"the submit handler accepted no run for {key}: see rejected/{key}.error.json")
