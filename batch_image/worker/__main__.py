@@ -75,11 +75,17 @@ def main() -> int:
     finally:
         if interrupts is not None:
             interrupts.uninstall()
+        # The outcome is decided (videos and records written): a stop now must not turn it into a crash.
+        signal.signal(signal.SIGTERM, _stopped_after_the_end)
     return _end(code, started, rank=launch.rank)
 
 
 def _stopped_early(signum: int, _frame) -> None:
     raise InterruptedRender(signal.Signals(signum).name.lower(), step=None)
+
+
+def _stopped_after_the_end(signum: int, _frame) -> None:
+    emit("stop_ignored", signal=signal.Signals(signum).name.lower(), reason="the job has finished")
 
 
 def _end(code: int, started: float, **fields) -> int:

@@ -181,3 +181,28 @@ def test_bad_settings_exit_64(worker_env, tmp_path, variable, value):
     worker_env.setenv("SPEC_URI", str(tmp_path / "spec.json"))
     worker_env.setenv(variable, value)
     assert main() == 64
+
+
+def test_a_stop_after_the_work_is_done_keeps_the_exit_code(
+    s3, worker_env, tiny_model_dir, monkeypatch, capsys
+):
+    """Batch's SIGTERM can land while the job reports its end: the finished job still exits 0."""
+    import os
+    import signal
+
+    import worker.__main__ as entry
+
+    reported = entry._end
+
+    def end_with_a_stop(code, started, **fields):
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered before the next bytecode: inside the window
+        return reported(code, started, **fields)
+
+    monkeypatch.setattr(entry, "_end", end_with_a_stop)
+    spec = make_spec(tiny_model_dir, [make_item(id="late", steps=1)])
+    try:
+        assert run_worker(worker_env, put_spec(s3, spec)) == 0
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    assert events(capsys, "stop_ignored")[0]["reason"] == "the job has finished"
+    assert layout.manifest_key(RUN_ID, "late") in keys(s3)
