@@ -251,6 +251,21 @@ def run_expert(loaded: LoadedPipeline, model: torch.nn.Module, **inputs) -> torc
     return out
 
 
+def predict_noise(
+    loaded: LoadedPipeline,
+    model: torch.nn.Module,
+    branch: str,
+    latents: torch.Tensor,
+    timestep: torch.Tensor,
+    embeds: torch.Tensor,
+) -> torch.Tensor:
+    """One CFG branch, "cond" or "uncond": WanPipeline's context names, which a step cache keys on."""
+    with torch.no_grad(), model.cache_context(branch):
+        return run_expert(
+            loaded, model, hidden_states=latents, timestep=timestep, encoder_hidden_states=embeds
+        )
+
+
 def make_scheduler(pipe, flow_shift: float):
     """A fresh scheduler per item, with the item's flow shift (Wan's `shift`)."""
     return type(pipe.scheduler).from_config(pipe.scheduler.config, flow_shift=flow_shift)
@@ -363,24 +378,9 @@ def generate(
             model, guidance, expert = loaded.expert("transformer_2"), item.guidance_scale_2, LOW_NOISE
         model_input = latents.to(transformer_dtype)
         timestep = t.expand(latents.shape[0])
-        # Named contexts as WanPipeline uses them: a step cache keeps separate state per branch.
-        with torch.no_grad(), model.cache_context("cond"):
-            noise_pred = run_expert(
-                loaded,
-                model,
-                hidden_states=model_input,
-                timestep=timestep,
-                encoder_hidden_states=prompt_embeds,
-            )
+        noise_pred = predict_noise(loaded, model, "cond", model_input, timestep, prompt_embeds)
         if do_cfg:
-            with torch.no_grad(), model.cache_context("uncond"):
-                noise_uncond = run_expert(
-                    loaded,
-                    model,
-                    hidden_states=model_input,
-                    timestep=timestep,
-                    encoder_hidden_states=negative_embeds,
-                )
+            noise_uncond = predict_noise(loaded, model, "uncond", model_input, timestep, negative_embeds)
             noise_pred = noise_uncond + guidance * (noise_pred - noise_uncond)
         with torch.no_grad():
             latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
