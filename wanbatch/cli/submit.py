@@ -8,6 +8,7 @@ from pathlib import Path
 
 from wanbatch.cli import _progress
 from wanbatch.cli._aws import add_stack_arguments, add_timeout_argument, deployment
+from wanbatch.cli.validate import print_errors
 from wanbatch.client.stack import Deployment
 from wanbatch.client.submission import prompt_key, upload_prompt_file, wait_for_run
 from wanbatch.errors import CLIError, PromptFileError
@@ -44,10 +45,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         prompt_file = parse_prompt_file(body, name=path.name)
     except PromptFileError as err:
-        # The same lines as `wanbatch validate` and the Lambda's rejection record.
-        print(f"{path}: {len(err.errors)} error(s)", file=sys.stderr)
-        for error in err.errors:
-            print(error.describe(), file=sys.stderr)
+        print_errors(path, err)  # as `wanbatch validate` prints them
         return 1
     # 2. Upload, then wait for the Lambda's answer (run.json, or a rejection record).
     return submit_bytes(args, deployment(args), name=path.name, body=body, prompts=len(prompt_file.prompts))

@@ -34,11 +34,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         prompt_file = parse_prompt_file(data, name=name)
     except PromptFileError as err:
-        # The same lines as the `messages` of the submit Lambda's rejection record.
-        print(f"{args.file}: {len(err.errors)} error(s)", file=sys.stderr)
-        for error in err.errors:
-            print(error.describe(), file=sys.stderr)
+        print_errors(args.file, err)
         return 1
     if not args.quiet:
         print(f"{args.file}: valid, {len(prompt_file.prompts)} prompt(s), gpus {prompt_file.gpus}")
     return 0
+
+
+def print_errors(source: str | Path, err: PromptFileError) -> None:
+    """On stderr, the same lines as the `messages` of the submit Lambda's rejection record."""
+    print(f"{source}: {len(err.errors)} error(s)", file=sys.stderr)
+    for error in err.errors:
+        print(error.describe(), file=sys.stderr)
