@@ -13,12 +13,11 @@ from typing import Any
 
 from wanbatch.layout import PROMPT_SUFFIXES, SCHEDULES_PREFIX
 from wanbatch.spec import DEFAULT_MODEL_ID, DEFAULT_MODEL_REVISION
+from wanbatch.worker_options import QUANTIZATION_MODES, STEP_CACHES
 
 CAPACITY_MODES = ("spot", "spot-then-on-demand", "on-demand")
 NETWORK_MODES = ("public", "private")
-# The worker's fast presets (off by default: they change the frames; see BENCHMARKS.md).
-QUANTIZATION_MODES = ("none", "fp8")
-STEP_CACHES = ("none", "taylorseer")
+
 IMAGE_MODES = ("build", "pull")
 CACHE_REMOVAL = ("retain", "destroy")
 

@@ -311,8 +311,7 @@ def enable_context_parallel(loaded, launch: Launch, *, compile_requested: str = 
     if not str(loaded.device).startswith("cuda"):
         emit("context_parallel", enabled=False, reason=f"device {loaded.device} (diffusers needs GPUs)")
         return None
-    pipe = loaded.pipe
-    experts = [e for e in (pipe.transformer, pipe.transformer_2) if e is not None]
+    experts = loaded.resident_experts()
     _use_cp_attention(loaded, experts)
     if loaded.compile_mode == "regional" and compile_requested == "auto":
         # Regional compile with CP's collectives inside the blocks was not measured: `auto` stays eager.

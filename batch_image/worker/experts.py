@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import json
-import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,8 +18,6 @@ from typing import Any
 import torch
 
 from worker.progress import emit
-
-log = logging.getLogger(__name__)
 
 EXPERTS = ("transformer", "transformer_2")  # high-noise, low-noise (diffusers' WanPipeline names)
 EXPERT_DTYPE = torch.bfloat16
@@ -61,7 +58,6 @@ class ExpertSwap:
         self.model_dir, self.device, self.prepare = Path(model_dir), device, prepare
         self.name: str | None = None
         self.loads = 0
-        self.load_s = 0.0
 
     def get(self, pipe, name: str) -> torch.nn.Module:
         if self.name == name:
@@ -75,9 +71,7 @@ class ExpertSwap:
         pipe.register_modules(**{name: expert})
         self.name = name
         self.loads += 1
-        seconds = time.perf_counter() - started
-        self.load_s += seconds
-        emit("expert_loaded", expert=name, seconds=round(seconds, 3), loads=self.loads)
+        emit("expert_loaded", expert=name, seconds=round(time.perf_counter() - started, 3), loads=self.loads)
         return expert
 
     def release(self, pipe) -> None:

@@ -10,8 +10,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-OFFLOAD_MODES = ("auto", "none", "model", "swap", "group", "sequential")
-TEXT_ENCODER_DEVICES = ("auto", "gpu", "cpu")
+from wanbatch.worker_options import OFFLOAD_MODES, TEXT_ENCODER_DEVICES
+
 GiB = 1024**3
 
 # Estimates for Wan2.2-T2V-A14B in bf16 (transformers, UMT5-XXL encoder) and fp32 (VAE).

@@ -7,6 +7,7 @@ any step from a saved state and reports every step, which the pipeline's own cal
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,14 +18,14 @@ import numpy as np
 import torch
 
 from wanbatch.spec import SpecItem
-from worker.experts import EXPERTS, ExpertSwap, expert_config, load_expert
+from worker.experts import EXPERT_DTYPE, EXPERTS, ExpertSwap, expert_config, load_expert
 from worker.offload import OffloadPlan, apply_plan, gpu_memory_fraction
 from worker.presets import apply_fp8, apply_step_cache, check_quantization, check_step_cache
 from worker.progress import emit
 
 log = logging.getLogger(__name__)
 
-TRANSFORMER_DTYPE = torch.bfloat16  # experts and text encoder
+TRANSFORMER_DTYPE = EXPERT_DTYPE  # experts and text encoder
 VAE_DTYPE = torch.float32  # the Wan VAE decodes noticeably worse in half precision
 MAX_SEQUENCE_LENGTH = 512  # UMT5 tokens, as WanPipeline
 HIGH_NOISE, LOW_NOISE = "high-noise", "low-noise"
@@ -150,8 +151,6 @@ def configure_compile_cache(model_cache_dir: Path, local_cache_dir: Path | None)
     The first job on a fresh container compiles each expert's block for its frame size (~20 s at 720p);
     with the FX-graph/Triton caches on shared storage the next containers load the kernels instead (~4 s).
     """
-    import os
-
     default = (local_cache_dir or model_cache_dir) / "torch-compile"
     return Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(default)))
 

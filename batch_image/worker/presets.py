@@ -10,8 +10,8 @@ import re
 
 import torch
 
-QUANTIZATION_MODES = ("none", "fp8")
-STEP_CACHES = ("none", "taylorseer")
+from wanbatch.worker_options import QUANTIZATION_MODES, STEP_CACHES
+
 FP8_MIN_CAPABILITY = (8, 9)  # FP8 tensor cores: Ada (L40S, sm89) and Hopper (H100, sm90) on
 
 # Only the 40 transformer blocks' linear layers (attention projections, cross-attention, FFN): they hold

@@ -19,12 +19,7 @@ from wanbatch.client.render import (
     write_spec,
 )
 from wanbatch.spec import RunSpec
-
-# Contract 5's modes (the worker validates them again).
-OFFLOAD_MODES = ("auto", "none", "model", "swap", "group", "sequential")
-TEXT_ENCODER_DEVICES = ("auto", "gpu", "cpu")
-QUANTIZATION_MODES = ("none", "fp8")  # fast presets (off by default; they change the frames)
-STEP_CACHES = ("none", "taylorseer")
+from wanbatch.worker_options import OFFLOAD_MODES, QUANTIZATION_MODES, STEP_CACHES, TEXT_ENCODER_DEVICES
 
 
 def add_local_arguments(parser: argparse.ArgumentParser) -> None:
