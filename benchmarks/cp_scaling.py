@@ -58,9 +58,7 @@ def rank_run(args: argparse.Namespace) -> None:
     _, _, uncond = dit.make_inputs(SIZE, 1, device, args.tiny, seed=1)
 
     def step() -> torch.Tensor:
-        noise = dit.forward_ours(model, (latents, timestep, cond))
-        noise_uncond = dit.forward_ours(model, (latents, timestep, uncond))
-        return noise_uncond + 4.0 * (noise - noise_uncond)
+        return dit.cfg_step(model, (latents, timestep, cond), (latents, timestep, uncond))
 
     common.reset_peak(device)
     timing = common.timed_runs(step, device, args.warmup, args.reps)

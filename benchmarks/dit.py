@@ -89,6 +89,13 @@ def forward_ours(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> to
         )[0]
 
 
+def cfg_step(model: torch.nn.Module, cond: tuple, uncond: tuple, guidance: float = 4.0) -> torch.Tensor:
+    """One denoising step's network work: the conditional and unconditional forwards, combined by CFG."""
+    noise = forward_ours(model, cond)
+    noise_uncond = forward_ours(model, uncond)
+    return noise_uncond + guidance * (noise - noise_uncond)
+
+
 def compare(out: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
     """Max abs difference and relative L2 error against the default eager output."""
     out, ref = out.float().cpu(), ref.float().cpu()

@@ -35,28 +35,21 @@ SAGE_BACKEND = "_sage_qk_int8_pv_fp8_cuda_sm90"
 VARIANTS = ("lossless", "fp8", "fp8_sage")
 
 
-def _worker_presets():
+def _worker():
+    """worker.presets and worker.pipeline (the code the worker runs), from batch_image/."""
     sys.path.insert(0, str(common.REPO_ROOT / "batch_image"))
-    from worker import presets
+    from worker import pipeline, presets
 
-    return presets
-
-
-def cfg_step(model: torch.nn.Module, cond: tuple, uncond: tuple) -> torch.Tensor:
-    """One denoising step's network work: the conditional and unconditional forwards, guidance 4."""
-    noise = dit.forward_ours(model, cond)
-    noise_uncond = dit.forward_ours(model, uncond)
-    return noise_uncond + 4.0 * (noise - noise_uncond)
+    return presets, pipeline
 
 
 def time_variant(model, cond, uncond, device: str, compile: bool, reps: int) -> dict[str, Any]:
     if compile:
-        for block in model.modules():  # drop an earlier variant's compiled code: the blocks changed
-            block._compiled_call_impl = None
+        _worker()[1].uncompile(model)  # drop an earlier variant's compiled code: the blocks changed
         model.compile_repeated_blocks(fullgraph=True, dynamic=False)
     common.reset_peak(device)
-    first_s, _ = common.time_call(lambda: cfg_step(model, cond, uncond), device)
-    res = common.timed_runs(lambda: cfg_step(model, cond, uncond), device, warmup=0, reps=reps)
+    first_s, _ = common.time_call(lambda: dit.cfg_step(model, cond, uncond), device)
+    res = common.timed_runs(lambda: dit.cfg_step(model, cond, uncond), device, warmup=0, reps=reps)
     out = res.pop("out").float().cpu()
     return {**res, "first_call_s": round(first_s, 2), "compiled": compile, "out": out}
 
@@ -123,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.time()
     compile = args.device.startswith("cuda")
-    presets = _worker_presets()
+    presets, pipeline = _worker()
     rec: dict[str, Any] = {"facts": common.machine_facts(), "size": args.size, "args": vars(args)}
     model = dit.build_ours(args.device, args.tiny)
     cond = dit.make_inputs(args.size, 1, args.device, args.tiny, seed=0)
@@ -157,8 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     if "fp8" in args.only:
 
         def fp8() -> dict[str, Any]:
-            for block in model.modules():  # quantize the plain modules, then compile them again
-                block._compiled_call_impl = None
+            pipeline.uncompile(model)  # quantize the plain modules, then compile them again
             seconds, rec["fp8_layers"] = common.time_call(lambda: presets.apply_fp8(model), args.device)
             log(f"fp8: {rec['fp8_layers']} linear layers quantized in {seconds:.1f} s")
             seconds, _ = common.time_call(lambda: dit.forward_ours(model, cond), args.device)
@@ -180,8 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                 return time_variant(model, cond, uncond, args.device, compile, args.reps)
             except Exception as exc:  # noqa: BLE001 - a kernel that does not trace: measure it eager
                 rec["fp8_sage_compile_error"] = f"{type(exc).__name__}: {exc}"[:400]
-                for block in model.modules():
-                    block._compiled_call_impl = None
+                pipeline.uncompile(model)
                 return time_variant(model, cond, uncond, args.device, False, args.reps)
 
         record("fp8_sage", run_guarded(rec, "fp8_sage", fp8_sage))
