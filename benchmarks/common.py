@@ -239,6 +239,16 @@ def run_guarded(record: dict[str, Any], key: str, fn: Callable[[], Any]) -> Any:
     return value
 
 
+def worker_module(name: str) -> Any:
+    """A module of the job worker (`worker.<name>` in batch_image/), so benchmarks run the worker's code."""
+    import importlib
+
+    path = str(REPO_ROOT / "batch_image")
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    return importlib.import_module(f"worker.{name}")
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -263,5 +273,6 @@ __all__ = [
     "time_call",
     "timed_runs",
     "tokens",
+    "worker_module",
     "write_part",
 ]

@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from benchmarks import common
 from benchmarks.common import log, run_guarded
 
-ATTENTION_BACKENDS = ("_native_cudnn", "_native_flash", "_native_efficient", "sage")
+# Diffusers backends plus the worker's `fa4` (FlashAttention-4 inside torch's flash op), last: it is
+# switched off again after each use so `_native_flash` keeps meaning torch's own FA2 kernel.
+ATTENTION_BACKENDS = ("_native_cudnn", "_native_flash", "_native_efficient", "sage", "fa4")
 TINY_LATENTS = {"480p": (16, 3, 6, 8), "720p": (16, 3, 8, 12)}
 
 
@@ -106,6 +108,24 @@ def compare(out: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
     }
 
 
+def use_backend(model: torch.nn.Module, backend: str) -> None:
+    """The worker's own switch (worker.attention), so `fa4` here is exactly what the worker runs."""
+    common.worker_module("attention").use_attention_backend(model, backend)
+
+
+def reset_backend(model: torch.nn.Module) -> None:
+    # reset_attention_backend() leaves diffusers' global active backend set: name the default.
+    model.set_attention_backend("native")
+    from torch.nn import attention
+
+    if getattr(attention, "current_flash_attention_impl", lambda: None)():
+        attention.restore_flash_attention_impl()
+
+
+def fa4_installed() -> bool:
+    return common.worker_module("attention").fa4_installed()
+
+
 def seq_len(size: str, tiny: bool) -> int:
     _, f, h, w = latent_shape(size, tiny)
     return f * (h // 2) * (w // 2)
@@ -174,7 +194,11 @@ def attention_microbench(size: str, args: argparse.Namespace, rec: dict[str, Any
         "flash": SDPBackend.FLASH_ATTENTION,
         "efficient": SDPBackend.EFFICIENT_ATTENTION,
     }
+    if fa4_installed():
+        choices["fa4"] = SDPBackend.FLASH_ATTENTION  # with FA4 installed into the flash op (below)
     for name, backend in choices.items():
+        if name == "fa4":
+            common.worker_module("attention").activate_fa4()
 
         def call(backend: Any = backend) -> torch.Tensor:
             if backend is None:
@@ -188,6 +212,11 @@ def attention_microbench(size: str, args: argparse.Namespace, rec: dict[str, Any
             return {"median_s": res["median_s"], "tflops": flops / res["median_s"] / 1e12, **diff}
 
         out[name] = run_guarded(out, name, bench)
+    if "fa4" in choices:
+        out["fa4_kernels"] = run_guarded(
+            out, "profile_fa4", lambda: _kernel_names(lambda: flash_call(q, k, v))
+        )
+        torch.nn.attention.restore_flash_attention_impl()
     out["default_kernels"] = run_guarded(
         out, "profile", lambda: _kernel_names(lambda: F.scaled_dot_product_attention(q, k, v))
     )
@@ -198,6 +227,13 @@ def attention_microbench(size: str, args: argparse.Namespace, rec: dict[str, Any
             f"{k}={v['tflops']:.0f} TFLOP/s" for k, v in out.items() if isinstance(v, dict) and "tflops" in v
         )
     )
+
+
+def flash_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        return F.scaled_dot_product_attention(q, k, v)
 
 
 def _kernel_names(fn: Any) -> list[str]:
@@ -223,12 +259,11 @@ def backends_phase(
     for backend in args.backends:
 
         def bench(backend: str = backend) -> dict[str, Any]:
-            model.set_attention_backend(backend)
+            use_backend(model, backend)
             try:
                 res = measure_forward(lambda: forward_ours(model, inputs), args.device, warmup=1, reps=2)
             finally:
-                # reset_attention_backend() leaves diffusers' global active backend set: name the default.
-                model.set_attention_backend("native")
+                reset_backend(model)
             return {
                 "median_s": res["median_s"],
                 "peak_gib": res["peak_gib"],
@@ -263,8 +298,13 @@ def compile_phase(
     rec: dict[str, Any],
     refs: dict[str, torch.Tensor],
 ) -> None:
-    """Regional compile of the 40 repeated blocks; the first call's time includes compiling for this shape."""
+    """Regional compile of the 40 repeated blocks with the attention kernel the worker picks (`auto`);
+    the first call's time includes compiling for this shape."""
     if not getattr(model, "_bench_compiled", False):
+        picker = common.worker_module("attention").pick_attention_backend
+        attention = picker(args.compile_attention, args.device)
+        use_backend(model, attention)
+        rec["compile_attention"] = attention
         model.compile_repeated_blocks(fullgraph=True, dynamic=False)
         model._bench_compiled = True
     inputs = make_inputs(size, 1, args.device, args.tiny)
@@ -273,8 +313,8 @@ def compile_phase(
     diff = compare(res.pop("out_cpu"), refs[size])
     rec[f"compiled_{size}_b1"] = {**res, "first_call_s": first_s, **diff}
     log(
-        f"compiled {size}: first call {first_s:.1f} s, then {res['median_s']:.3f} s, "
-        f"max abs diff {diff['max_abs_diff']:.3g}"
+        f"compiled {size} ({rec['compile_attention']}): first call {first_s:.1f} s, "
+        f"then {res['median_s']:.3f} s, max abs diff {diff['max_abs_diff']:.3g}"
     )
 
 
@@ -287,14 +327,17 @@ def accuracy_phase(size: str, args: argparse.Namespace) -> dict[str, Any]:
     inputs = make_inputs(size, 1, args.device, args.tiny)
     model = build_ours(args.device, args.tiny)
     outs = {"eager_default": forward_ours(model, inputs).float().cpu()}
-    model.set_attention_backend("_native_flash")
-    outs["eager_native_flash"] = forward_ours(model, inputs).float().cpu()
-    model.set_attention_backend("native")
+    for backend in ("_native_flash", "fa4") if fa4_installed() else ("_native_flash",):
+        use_backend(model, backend)
+        outs[f"eager_{backend.lstrip('_')}"] = forward_ours(model, inputs).float().cpu()
+        reset_backend(model)
+    # Compiled as the worker runs it: regional compile with the attention `auto` picks here.
+    use_backend(model, common.worker_module("attention").pick_attention_backend("auto", args.device))
     model.compile_repeated_blocks(fullgraph=True, dynamic=False)
     forward_ours(model, inputs)  # compile
     outs["compiled_default"] = forward_ours(model, inputs).float().cpu()
-    for block in model.modules():  # back to eager: the reference must not be compiled
-        block._compiled_call_impl = None
+    reset_backend(model)
+    common.worker_module("pipeline").uncompile(model)  # the reference must not be compiled
     model = model.float()  # the same weights, upcast; matmuls in true fp32
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -325,7 +368,9 @@ def summarize(rec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         keys[f"dit_{size}_cfg_step_s_eager"] = round(eager_cfg, 3)
         keys[f"dit_{size}_cfg_step_s"] = round(best_cfg, 3)
         keys[f"dit_{size}_cfg_step_mode"] = (
-            "regional compile" if comp and 2 * comp["median_s"] <= eager_cfg else "eager"
+            f"regional compile, attention {rec.get('compile_attention')}"
+            if comp and 2 * comp["median_s"] <= eager_cfg
+            else "eager"
         )
         keys[f"dit_{size}_peak_gib"] = b1["peak_gib"]
         if comp:
@@ -336,7 +381,7 @@ def summarize(rec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             keys[f"dit_{size}_tflops"] = round(rate, 1)
             keys[f"dit_{size}_mfu"] = round(rate / rec["matmul_tflops"], 3)
         att = rec.get(f"attention_{size}") or {}
-        for name in ("default", "cudnn", "flash", "efficient"):
+        for name in ("default", "cudnn", "flash", "efficient", "fa4"):
             if att.get(name):
                 keys[f"attention_{size}_tflops_{name}"] = round(att[name]["tflops"], 1)
         if att.get("default_kernels"):
@@ -355,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default=",".join(ATTENTION_BACKENDS), type=lambda s: s.split(","))
     parser.add_argument("--backend-size", default="480p", help="size for the per-backend forward comparison")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--compile-attention", default="auto", help="ATTENTION_BACKEND of the compiled phase")
     parser.add_argument("--no-official", dest="official", action="store_false")
     parser.add_argument("--budget-s", type=float, default=540.0, help="skip optional phases past this")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,17 +34,10 @@ SAGE_BACKEND = "_sage_qk_int8_pv_fp8_cuda_sm90"
 VARIANTS = ("lossless", "fp8", "fp8_sage")
 
 
-def _worker():
-    """worker.presets and worker.pipeline (the code the worker runs), from batch_image/."""
-    sys.path.insert(0, str(common.REPO_ROOT / "batch_image"))
-    from worker import pipeline, presets
-
-    return presets, pipeline
-
-
 def time_variant(model, cond, uncond, device: str, compile: bool, reps: int) -> dict[str, Any]:
     if compile:
-        _worker()[1].uncompile(model)  # drop an earlier variant's compiled code: the blocks changed
+        # Drop an earlier variant's compiled code: the blocks changed.
+        common.worker_module("pipeline").uncompile(model)
         model.compile_repeated_blocks(fullgraph=True, dynamic=False)
     common.reset_peak(device)
     first_s, _ = common.time_call(lambda: dit.cfg_step(model, cond, uncond), device)
@@ -116,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.time()
     compile = args.device.startswith("cuda")
-    presets, pipeline = _worker()
+    presets, pipeline = common.worker_module("presets"), common.worker_module("pipeline")
     rec: dict[str, Any] = {"facts": common.machine_facts(), "size": args.size, "args": vars(args)}
     model = dit.build_ours(args.device, args.tiny)
     cond = dit.make_inputs(args.size, 1, args.device, args.tiny, seed=0)

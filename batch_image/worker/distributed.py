@@ -333,14 +333,15 @@ def enable_context_parallel(loaded, launch: Launch, *, compile_requested: str = 
 
 def _use_cp_attention(loaded, experts) -> None:
     """`_flash_3` (local FA3) has no CP kernel in diffusers 0.42.1: use FA2 if installed, else SDPA."""
-    import importlib.util
-
     from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
 
+    from worker.attention import diffusers_backend, fa2_installed
+
     backend = loaded.attention_backend
-    if _AttentionBackendRegistry._is_context_parallel_available(AttentionBackendName(backend)):
+    name = AttentionBackendName(diffusers_backend(backend))
+    if _AttentionBackendRegistry._is_context_parallel_available(name):
         return
-    fallback = "flash" if importlib.util.find_spec("flash_attn") else "native"
+    fallback = "flash" if fa2_installed() else "native"
     for expert in experts:
         expert.set_attention_backend(fallback)
     emit("attention_backend_changed", requested=backend, used=fallback, reason="context parallelism")

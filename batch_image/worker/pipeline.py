@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from wanbatch.spec import SpecItem
+from worker.attention import pick_attention_backend, use_attention_backend
 from worker.experts import EXPERT_DTYPE, EXPERTS, ExpertSwap, expert_config, load_expert
 from worker.offload import OffloadPlan, apply_plan, gpu_memory_fraction
 from worker.presets import apply_fp8, apply_step_cache, check_quantization, check_step_cache
@@ -29,7 +30,6 @@ TRANSFORMER_DTYPE = EXPERT_DTYPE  # experts and text encoder
 VAE_DTYPE = torch.float32  # the Wan VAE decodes noticeably worse in half precision
 MAX_SEQUENCE_LENGTH = 512  # UMT5 tokens, as WanPipeline
 HIGH_NOISE, LOW_NOISE = "high-noise", "low-noise"
-ATTENTION_BACKENDS = ("auto", "native", "flash", "_flash_3", "sage", "_native_cudnn", "_native_flash", "flex")
 # COMPILE: `regional` compiles each expert's repeated transformer block (torch.compile, fullgraph); `auto`
 # does so on CUDA, falling back to eager if compiling fails; `none` stays eager. Measured on H200 (sm90):
 # 1.10-1.24x per step at 720p, 1.17x at 480p, no farther from fp32 than eager (BENCHMARKS.md).
@@ -101,26 +101,6 @@ class Render:
     start_step: int
     scheduler_config: dict
     timings: dict[str, Any] = field(default_factory=dict)
-
-
-def pick_attention_backend(requested: str, device: str) -> str:
-    """`auto`: the fastest kernel installed for this GPU; PyTorch's SDPA otherwise."""
-    if requested not in ATTENTION_BACKENDS:
-        raise ValueError(
-            f"ATTENTION_BACKEND must be one of {', '.join(ATTENTION_BACKENDS)}, got {requested!r}"
-        )
-    if requested != "auto":
-        return requested
-    if device == "cpu":
-        return "native"
-    import importlib.util
-
-    major, _ = torch.cuda.get_device_capability()
-    if major == 9 and importlib.util.find_spec("flash_attn_interface"):
-        return "_flash_3"
-    if major >= 8 and importlib.util.find_spec("flash_attn"):
-        return "flash"
-    return "native"  # SDPA picks flash/cuDNN/efficient kernels itself
 
 
 def pick_compile(
@@ -215,8 +195,7 @@ def load_pipeline(
 
 def prepare_expert(loaded: LoadedPipeline, expert: torch.nn.Module) -> None:
     """Attention backend, presets and compile for one expert (at load, or each time one is swapped in)."""
-    if loaded.attention_backend != "native":
-        expert.set_attention_backend(loaded.attention_backend)
+    use_attention_backend(expert, loaded.attention_backend)
     if loaded.quantization == "fp8":
         apply_fp8(expert)
     apply_step_cache(expert, loaded.step_cache)
