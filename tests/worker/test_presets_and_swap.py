@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import weakref
 from pathlib import Path
 
@@ -136,8 +137,14 @@ def test_fp8_renders_eager_under_compile_auto():
 def test_compile_caches_go_beside_the_model_unless_set(monkeypatch, tmp_path):
     from worker.pipeline import configure_compile_cache
 
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    fa4_cache = ("FLASH_ATTENTION_CUTE_DSL_CACHE_DIR", "FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED")
+    for name in ("TORCHINDUCTOR_CACHE_DIR", *fa4_cache):
+        monkeypatch.setenv(name, "recorded")  # so the test's end restores what was there before
+        monkeypatch.delenv(name)
     assert configure_compile_cache(tmp_path / "efs", tmp_path / "nvme") == tmp_path / "nvme" / "torch-compile"
+    # FA4's kernel cache is switched on and kept beside torch's.
+    assert os.environ["FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED"] == "1"
+    assert os.environ["FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"] == str(tmp_path / "nvme" / "flash-attn-cute")
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     assert configure_compile_cache(tmp_path / "efs", None) == tmp_path / "efs" / "torch-compile"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/elsewhere")
