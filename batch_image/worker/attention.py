@@ -15,17 +15,8 @@ import importlib.util
 
 import torch
 
-ATTENTION_BACKENDS = (
-    "auto",
-    "native",
-    "fa4",
-    "flash",
-    "_flash_3",
-    "sage",
-    "_native_cudnn",
-    "_native_flash",
-    "flex",
-)
+from wanbatch.worker_options import ATTENTION_BACKENDS
+
 FA4_ADAPTER = "worker.fa4_compat"
 FA4_CAPABILITIES = (9, 10)  # torch's FA4 registration serves sm90 and sm100 only (not the L40S's sm89)
 

@@ -171,22 +171,24 @@ def test_run_passes_the_fast_presets_to_the_worker(tmp_path: Path, capsys) -> No
     args = ["run", "a lake", "--dry-run", "-o", str(tmp_path), "--cache-dir", str(tmp_path / "cache")]
     assert main(args) == 0
     assert "QUANTIZATION=none" in capsys.readouterr().err
-    assert main([*args, "--step-cache", "taylorseer", "--quantization", "fp8"]) == 0
+    assert main([*args, "--step-cache", "taylorseer", "--quantization", "fp8", "--attention", "fa4"]) == 0
     err = capsys.readouterr().err
-    assert "STEP_CACHE=taylorseer" in err and "QUANTIZATION=fp8" in err
+    assert "STEP_CACHE=taylorseer" in err and "QUANTIZATION=fp8" in err and "ATTENTION_BACKEND=fa4" in err
 
 
-def test_reproduce_renders_with_the_originals_presets(rendered: dict, tmp_path: Path, capsys) -> None:
+def test_reproduce_uses_the_originals_presets_and_kernel(rendered: dict, tmp_path: Path, capsys) -> None:
     manifest = json.loads((rendered["run_dir"] / "cat.manifest.json").read_text())
     assert (manifest["runtime"]["quantization"], manifest["runtime"]["step_cache"]) == (None, None)
+    assert manifest["runtime"]["attention_backend"] == "native"  # what `auto` picks on a CPU
     manifest["runtime"]["step_cache"] = "taylorseer"
+    manifest["runtime"]["attention_backend"] = "fa4"  # e.g. rendered on an H100
     path = tmp_path / "cached.manifest.json"
     path.write_text(json.dumps(manifest))
     code = main(["reproduce", str(path), "--dry-run", "-o", str(tmp_path / "o"),
                  "--cache-dir", str(rendered["cache"])])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 0, err
-    assert "STEP_CACHE=taylorseer" in err and "QUANTIZATION=none" in err
+    assert "STEP_CACHE=taylorseer" in err and "QUANTIZATION=none" in err and "ATTENTION_BACKEND=fa4" in err
 
 
 def test_run_a_prompt_file_keeps_its_model_unless_told(tmp_path: Path, capsys) -> None:

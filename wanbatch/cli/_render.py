@@ -19,7 +19,13 @@ from wanbatch.client.render import (
     write_spec,
 )
 from wanbatch.spec import RunSpec
-from wanbatch.worker_options import OFFLOAD_MODES, QUANTIZATION_MODES, STEP_CACHES, TEXT_ENCODER_DEVICES
+from wanbatch.worker_options import (
+    ATTENTION_BACKENDS,
+    OFFLOAD_MODES,
+    QUANTIZATION_MODES,
+    STEP_CACHES,
+    TEXT_ENCODER_DEVICES,
+)
 
 
 def add_local_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +69,12 @@ def add_local_arguments(parser: argparse.ArgumentParser) -> None:
         help="taylorseer: skip the network on 22 of 40 steps, faster, not lossless (default none)",
     )
     group.add_argument(
+        "--attention",
+        choices=ATTENTION_BACKENDS,
+        default="auto",
+        help="attention kernel (default auto: FlashAttention-4 on H100/H200 if installed, else torch SDPA)",
+    )
+    group.add_argument(
         "--dry-run", action="store_true", help="write the spec and print the worker command, render nothing"
     )
     group.add_argument("-q", "--quiet", action="store_true", help="print the video paths only")
@@ -82,10 +94,11 @@ def render_spec(args: argparse.Namespace, spec: RunSpec) -> RenderResult | None:
         text_encoder_device=args.text_encoder_device,
         quantization=args.quantization,
         step_cache=args.step_cache,
+        attention=args.attention,
     )
     if args.dry_run:
         shown = ("SPEC_URI", "MODEL_CACHE_DIR", "OFFLOAD", "TEXT_ENCODER_DEVICE")
-        shown += ("QUANTIZATION", "STEP_CACHE")
+        shown += ("QUANTIZATION", "STEP_CACHE", "ATTENTION_BACKEND")
         print(spec_path)
         print(
             " ".join(

@@ -114,9 +114,11 @@ def _local(args: argparse.Namespace, manifest: Manifest) -> int:
         content=content,
         model=model,
     )
-    # The fast presets change the frames: render with the ones the original used.
+    # The fast presets change the frames, and so does the attention kernel's rounding: render with the
+    # ones the original used.
     args.quantization = manifest.runtime.quantization or "none"
     args.step_cache = manifest.runtime.step_cache or "none"
+    args.attention = manifest.runtime.attention_backend
     result = render_spec(args, spec)
     if result is None:
         return 0

@@ -68,7 +68,8 @@ def write_spec(spec: RunSpec, output_dir: Path) -> Path:
 
 def worker_environment(
     spec_path: Path, *, model_cache_dir: Path, offload: str = "auto", text_encoder_device: str = "auto",
-    quantization: str = "none", step_cache: str = "none", base: Mapping[str, str] | None = None,
+    quantization: str = "none", step_cache: str = "none", attention: str = "auto",
+    base: Mapping[str, str] | None = None,
 ) -> dict[str, str]:  # fmt: skip
     """Contract 5 for a local run: one child (index 0) rendering the whole spec."""
     env = dict(os.environ if base is None else base)
@@ -81,6 +82,7 @@ def worker_environment(
         "TEXT_ENCODER_DEVICE": text_encoder_device,
         "QUANTIZATION": quantization,
         "STEP_CACHE": step_cache,
+        "ATTENTION_BACKEND": attention,
         "AWS_EC2_METADATA_DISABLED": "true",  # not an EC2 instance: don't wait for instance metadata
         "PYTHONUNBUFFERED": "1",
     })  # fmt: skip
