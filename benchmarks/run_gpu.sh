@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run benchmark parts on a GPU machine that has torch but no internet.
-#   benchmarks/run_gpu.sh dit        # DiT step, attention backends, official WanModel, regional compile (~8 min)
+#   benchmarks/run_gpu.sh dit        # DiT step, attention backends (FA4 if .whl_fa4*/ came), official WanModel, compile (~5 min)
 #   benchmarks/run_gpu.sh cp         # context parallelism, 1 vs 2 GPUs at 720p (needs 2 GPUs; ~6 min)
 #   benchmarks/run_gpu.sh presets    # FP8 linears (torchao), then + SageAttention 2 built from .sage2/ (~8 min)
 #   benchmarks/run_gpu.sh rest       # VAE decode, UMT5 encode, resume save, checkpoint load rate (~3 min)
