@@ -130,12 +130,14 @@ def configure_compile_cache(model_cache_dir: Path, local_cache_dir: Path | None)
 
     The first job on a fresh container compiles each expert's block for its frame size (~20 s at 720p);
     with the FX-graph/Triton caches on shared storage the next containers load the kernels instead (~4 s).
-    FlashAttention-4's JIT-compiled kernels get a persistent cache beside them (its own switch, off by
-    default in flash-attn-4; read when `flash_attn.cute` is first imported, which comes later).
+    FlashAttention-4's JIT-compiled kernels get flash-attn-4's own persistent cache on the NVMe tier only
+    (off by default there; read when `flash_attn.cute` is first imported, which comes later): it guards
+    entries with file locks that raise after 15 s, which a fleet starting at once could meet on EFS.
     """
     root = local_cache_dir or model_cache_dir
-    os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "1")
-    os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_DIR", str(root / "flash-attn-cute"))
+    if local_cache_dir is not None:
+        os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "1")
+        os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_DIR", str(local_cache_dir / "flash-attn-cute"))
     return Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / "torch-compile")))
 
 

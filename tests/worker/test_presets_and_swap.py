@@ -142,11 +142,13 @@ def test_compile_caches_go_beside_the_model_unless_set(monkeypatch, tmp_path):
         monkeypatch.setenv(name, "recorded")  # so the test's end restores what was there before
         monkeypatch.delenv(name)
     assert configure_compile_cache(tmp_path / "efs", tmp_path / "nvme") == tmp_path / "nvme" / "torch-compile"
-    # FA4's kernel cache is switched on and kept beside torch's.
+    # FA4's kernel cache is switched on beside torch's on the NVMe tier...
     assert os.environ["FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED"] == "1"
     assert os.environ["FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"] == str(tmp_path / "nvme" / "flash-attn-cute")
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    for name in ("TORCHINDUCTOR_CACHE_DIR", *fa4_cache):
+        monkeypatch.delenv(name)
     assert configure_compile_cache(tmp_path / "efs", None) == tmp_path / "efs" / "torch-compile"
+    assert not any(name in os.environ for name in fa4_cache)  # ...and left off on EFS alone
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/elsewhere")
     assert configure_compile_cache(tmp_path / "efs", None) == Path("/elsewhere")
 
