@@ -47,13 +47,21 @@ def pick_attention_backend(requested: str, device: str) -> str:
         raise ValueError(
             f"ATTENTION_BACKEND must be one of {', '.join(ATTENTION_BACKENDS)}, got {requested!r}"
         )
-    if requested == "fa4" and not fa4_installed():
-        raise ValueError("ATTENTION_BACKEND=fa4 needs flash-attn-4 and torch >= 2.11 (FA4 registration)")
-    if requested != "auto":
+    if requested not in ("auto", "fa4"):
         return requested
-    if not str(device).startswith("cuda"):
+    on_cuda = str(device).startswith("cuda")
+    major = torch.cuda.get_device_capability(torch.device(device))[0] if on_cuda else None
+    if requested == "fa4" and not (major in FA4_CAPABILITIES and fa4_installed()):
+        # e.g. reproducing an H100 video elsewhere: another kernel renders, but not the same bytes.
+        raise ValueError(
+            f"ATTENTION_BACKEND=fa4 needs an sm90/sm100 GPU (here: {device}"
+            f"{f', sm{major}x' if major else ''}), flash-attn-4 and torch >= 2.11; "
+            "use ATTENTION_BACKEND=auto (CLI: --attention native) to render with this machine's kernel"
+        )
+    if requested == "fa4":
+        return requested
+    if not on_cuda:
         return "native"
-    major, _ = torch.cuda.get_device_capability(torch.device(device))
     if major in FA4_CAPABILITIES and fa4_installed():
         return "fa4"
     if major == 9 and _installed("flash_attn_interface"):

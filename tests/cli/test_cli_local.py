@@ -189,6 +189,9 @@ def test_reproduce_uses_the_originals_presets_and_kernel(rendered: dict, tmp_pat
     err = capsys.readouterr().err
     assert code == 0, err
     assert "STEP_CACHE=taylorseer" in err and "QUANTIZATION=none" in err and "ATTENTION_BACKEND=fa4" in err
+    code = main(["reproduce", str(path), "--dry-run", "-o", str(tmp_path / "o"), "--attention", "native",
+                 "--cache-dir", str(rendered["cache"])])  # fmt: skip
+    assert code == 0 and "ATTENTION_BACKEND=native" in capsys.readouterr().err  # a machine without FA4
 
 
 def test_run_a_prompt_file_keeps_its_model_unless_told(tmp_path: Path, capsys) -> None:

@@ -82,9 +82,17 @@ def test_auto_is_sdpa_off_cuda_and_explicit_choices_pass_through():
 def test_unknown_backend_and_fa4_without_the_package_are_clear_errors(monkeypatch):
     with pytest.raises(ValueError, match="ATTENTION_BACKEND must be one of auto, native, fa4"):
         attention.pick_attention_backend("fa5", "cuda")
-    monkeypatch.setattr(attention, "_installed", lambda module: False)
+    _gpu(monkeypatch, 9, set())
     with pytest.raises(ValueError, match="flash-attn-4"):
         attention.pick_attention_backend("fa4", "cuda")
+    # Installed, but the GPU (an L40S) or the device cannot run it: said before any render.
+    _gpu(monkeypatch, 8, {FA4_MODULE})
+    with pytest.raises(ValueError, match=r"needs an sm90/sm100 GPU \(here: cuda, sm8x\)"):
+        attention.pick_attention_backend("fa4", "cuda")
+    with pytest.raises(ValueError, match="here: cpu"):
+        attention.pick_attention_backend("fa4", "cpu")
+    _gpu(monkeypatch, 9, {FA4_MODULE})
+    assert attention.pick_attention_backend("fa4", "cuda") == "fa4"
     with pytest.raises(SpecError, match="ATTENTION_BACKEND"):
         Settings.from_env({"SPEC_URI": "/tmp/spec.json", "ATTENTION_BACKEND": "fa5"})
 

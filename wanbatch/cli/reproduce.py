@@ -115,10 +115,11 @@ def _local(args: argparse.Namespace, manifest: Manifest) -> int:
         model=model,
     )
     # The fast presets change the frames, and so does the attention kernel's rounding: render with the
-    # ones the original used.
+    # ones the original used (another kernel only when asked: `--attention`, e.g. on a GPU without FA4).
     args.quantization = manifest.runtime.quantization or "none"
     args.step_cache = manifest.runtime.step_cache or "none"
-    args.attention = manifest.runtime.attention_backend
+    if args.attention == "auto":
+        args.attention = manifest.runtime.attention_backend
     result = render_spec(args, spec)
     if result is None:
         return 0
