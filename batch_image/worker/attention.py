@@ -51,18 +51,19 @@ def pick_attention_backend(requested: str, device: str) -> str:
         return requested
     on_cuda = str(device).startswith("cuda")
     major = torch.cuda.get_device_capability(torch.device(device))[0] if on_cuda else None
-    if requested == "fa4" and not (major in FA4_CAPABILITIES and fa4_installed()):
-        # e.g. reproducing an H100 video elsewhere: another kernel renders, but not the same bytes.
-        raise ValueError(
-            f"ATTENTION_BACKEND=fa4 needs an sm90/sm100 GPU (here: {device}"
-            f"{f', sm{major}x' if major else ''}), flash-attn-4 and torch >= 2.11; "
-            "use ATTENTION_BACKEND=auto (CLI: --attention native) to render with this machine's kernel"
-        )
+    fa4_runs = major in FA4_CAPABILITIES and fa4_installed()
     if requested == "fa4":
+        if not fa4_runs:
+            # e.g. reproducing an H100 video elsewhere: another kernel renders, but not the same bytes.
+            raise ValueError(
+                f"ATTENTION_BACKEND=fa4 needs an sm90/sm100 GPU (here: {device}"
+                f"{f', sm{major}x' if major else ''}), flash-attn-4 and torch >= 2.11; "
+                "use ATTENTION_BACKEND=auto (CLI: --attention native) to render with this machine's kernel"
+            )
         return requested
     if not on_cuda:
         return "native"
-    if major in FA4_CAPABILITIES and fa4_installed():
+    if fa4_runs:
         return "fa4"
     if major == 9 and _installed("flash_attn_interface"):
         return "_flash_3"
