@@ -116,6 +116,11 @@ def use_backend(model: torch.nn.Module, backend: str) -> None:
 def reset_backend(model: torch.nn.Module) -> None:
     # reset_attention_backend() leaves diffusers' global active backend set: name the default.
     model.set_attention_backend("native")
+    restore_torch_flash()
+
+
+def restore_torch_flash() -> None:
+    """Undo `fa4`: torch's flash op runs its own FA2 kernel again."""
     from torch.nn import attention
 
     if getattr(attention, "current_flash_attention_impl", lambda: None)():
@@ -176,7 +181,7 @@ def eager_phase(
 
 def attention_microbench(size: str, args: argparse.Namespace, rec: dict[str, Any]) -> None:
     """Self-attention alone at the full sequence length, per SDPA backend, in TFLOP/s."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention import SDPBackend
 
     cfg = a14b_config(args.tiny)
     heads, hd, n = cfg["num_attention_heads"], cfg["attention_head_dim"], seq_len(size, args.tiny)
@@ -201,10 +206,7 @@ def attention_microbench(size: str, args: argparse.Namespace, rec: dict[str, Any
             common.worker_module("attention").activate_fa4()
 
         def call(backend: Any = backend) -> torch.Tensor:
-            if backend is None:
-                return F.scaled_dot_product_attention(q, k, v)
-            with sdpa_kernel([backend]):
-                return F.scaled_dot_product_attention(q, k, v)
+            return sdpa(q, k, v, backend)
 
         def bench(call: Any = call) -> dict[str, Any]:
             res = common.timed_runs(call, args.device, warmup=2, reps=3)
@@ -214,12 +216,10 @@ def attention_microbench(size: str, args: argparse.Namespace, rec: dict[str, Any
         out[name] = run_guarded(out, name, bench)
     if "fa4" in choices:
         out["fa4_kernels"] = run_guarded(
-            out, "profile_fa4", lambda: _kernel_names(lambda: flash_call(q, k, v))
+            out, "profile_fa4", lambda: _kernel_names(lambda: sdpa(q, k, v, choices["fa4"]))
         )
-        torch.nn.attention.restore_flash_attention_impl()
-    out["default_kernels"] = run_guarded(
-        out, "profile", lambda: _kernel_names(lambda: F.scaled_dot_product_attention(q, k, v))
-    )
+        restore_torch_flash()
+    out["default_kernels"] = run_guarded(out, "profile", lambda: _kernel_names(lambda: sdpa(q, k, v)))
     rec[f"attention_{size}"] = out
     log(
         f"attention {size}: "
@@ -229,10 +229,13 @@ def attention_microbench(size: str, args: argparse.Namespace, rec: dict[str, Any
     )
 
 
-def flash_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: Any = None) -> torch.Tensor:
+    """torch SDPA with one backend forced (None: its own selection)."""
+    from torch.nn.attention import sdpa_kernel
 
-    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+    if backend is None:
+        return F.scaled_dot_product_attention(q, k, v)
+    with sdpa_kernel([backend]):
         return F.scaled_dot_product_attention(q, k, v)
 
 
