@@ -4,8 +4,10 @@
     python -m benchmarks.presets --tiny --device cpu --only lossless   # checks the code on a CPU
 
 Variants, in this order on one model (FP8 quantizes it in place):
-  lossless   regional compile, SDPA (the worker's default)
-  fp8        + FP8 linear layers (worker.presets.apply_fp8: torchao dynamic e4m3, per-row scales), compiled
+  lossless   regional compile, the attention the worker's `auto` picks (FA4 on sm90 with flash-attn-4,
+             else SDPA): the worker's default
+  fp8        + FP8 linear layers (worker.presets.apply_fp8: torchao dynamic e4m3, per-row scales), compiled,
+             same attention (what QUANTIZATION=fp8 runs)
   fp8_sage   + SageAttention 2 (INT8 QK, FP8 PV, the sm90 kernel through diffusers' backend), when
              `sageattention>=2.1.1` imports (built from source on the GPU machine: run_gpu.sh presets)
 Each records the CFG step time, the first (compiling) call, peak memory and the distance of its output
@@ -111,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     presets, pipeline = common.worker_module("presets"), common.worker_module("pipeline")
     rec: dict[str, Any] = {"facts": common.machine_facts(), "size": args.size, "args": vars(args)}
     model = dit.build_ours(args.device, args.tiny)
+    rec["attention"] = common.worker_module("attention").pick_attention_backend("auto", args.device)
+    dit.use_backend(model, rec["attention"])
     cond = dit.make_inputs(args.size, 1, args.device, args.tiny, seed=0)
     _, _, uncond_context = dit.make_inputs(args.size, 1, args.device, args.tiny, seed=1)
     uncond = (cond[0], cond[1], uncond_context)
