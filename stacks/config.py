@@ -17,7 +17,6 @@ from wanbatch.worker_options import QUANTIZATION_MODES, STEP_CACHES
 
 CAPACITY_MODES = ("spot", "spot-then-on-demand", "on-demand")
 NETWORK_MODES = ("public", "private")
-
 IMAGE_MODES = ("build", "pull")
 CACHE_REMOVAL = ("retain", "destroy")
 

@@ -97,8 +97,8 @@ def render_spec(args: argparse.Namespace, spec: RunSpec) -> RenderResult | None:
         attention=args.attention,
     )
     if args.dry_run:
-        shown = ("SPEC_URI", "MODEL_CACHE_DIR", "OFFLOAD", "TEXT_ENCODER_DEVICE")
-        shown += ("QUANTIZATION", "STEP_CACHE", "ATTENTION_BACKEND")
+        shown = ("SPEC_URI", "MODEL_CACHE_DIR", "OFFLOAD", "TEXT_ENCODER_DEVICE",
+                 "QUANTIZATION", "STEP_CACHE", "ATTENTION_BACKEND")  # fmt: skip
         print(spec_path)
         print(
             " ".join(
