@@ -2,6 +2,7 @@
 # The worker end to end on a GPU machine, real-size Wan2.2-T2V-A14B with random weights (benchmarks/e2e.py).
 #   benchmarks/run_e2e.sh quick   # build the checkpoint; 480p 4 steps; 720p 4 steps as a 48 GB card (~6 min)
 #   benchmarks/run_e2e.sh full    # 480p 40 steps (reuses the checkpoint if the machine kept it; ~5 min)
+#   benchmarks/run_e2e.sh full2   # 480p 40 steps with cold caches, then again with the caches it filled (~9 min)
 #   benchmarks/run_e2e.sh cp2      # the worker itself on 2 GPUs (context parallelism), tiny shapes (~1 min)
 #   benchmarks/run_e2e.sh swap     # 720p 4 steps as a 48 GB card with OFFLOAD=swap; 480p 40 steps TaylorSeer
 #   benchmarks/run_e2e.sh swapfull # the swap run, then 480p 40 steps lossless (~9.5 min)
@@ -9,7 +10,7 @@
 #   benchmarks/run_e2e.sh 720p    # 720p 4 steps with the whole card (~3 min)
 # Wheels the machine lacks travel in .whl/ (see BENCHMARKS.md). Results merge into $BENCH_RESULTS.
 set -uo pipefail
-part="${1:?usage: run_e2e.sh quick|full|cp2|swap|swapfull|fp8|720p}"
+part="${1:?usage: run_e2e.sh quick|full|full2|cp2|swap|swapfull|fp8|720p}"
 cd "$(dirname "$0")/.."
 source benchmarks/gpu_env.sh
 # PyAV's wheel does not fit beside the others in one transfer; a small stand-in reads the MP4 instead.
@@ -23,6 +24,14 @@ model=outputs/e2e/model  # git-ignored; a warm machine keeps it between calls
 # An L40S shows 44.4 GiB to torch; the H200 139.8 GiB.
 l40s_fraction=0.3176
 e2e() { timeout "$1" python3 -m benchmarks.e2e "${@:2}"; }
+# The SM clock, power and temperature every 5 s: whether a long run's steps are slower from throttling.
+nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu --format=csv -l 5 \
+  >"$out_dir/gpu_clocks_$part.csv" 2>&1 &
+clock_pid=$!
+trap 'kill "$clock_pid" 2>/dev/null' EXIT
+# flash-attn-4's persistent kernel cache (the worker turns it on only with a NVMe tier, LOCAL_CACHE_DIR).
+fa4_cache=(--env FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1
+  --env "FLASH_ATTENTION_CUTE_DSL_CACHE_DIR=$PWD/outputs/e2e/runs/cache/flash-attn-cute")
 case "$part" in
   quick)
     e2e 300 build --dir "$model" || exit 1
@@ -31,6 +40,10 @@ case "$part" in
   full)
     e2e 300 build --dir "$model" || exit 1
     e2e 540 run --model "$model" --name 480p_40 --size '832*480' --steps 40 ;;
+  full2)
+    e2e 300 build --dir "$model" || exit 1
+    e2e 300 run --model "$model" --name 480p_40 --size '832*480' --steps 40 "${fa4_cache[@]}"
+    e2e 290 run --model "$model" --name 480p_40_warm --size '832*480' --steps 40 "${fa4_cache[@]}" ;;
   cp2)
     e2e 200 build --tiny --dir outputs/e2e/tiny || exit 1
     e2e 120 run --model outputs/e2e/tiny --name tiny1gpu_4 --size '832*480' --steps 4 --gpus 1
@@ -53,5 +66,5 @@ case "$part" in
     e2e 300 build --dir "$model" || exit 1
     e2e 300 run --model "$model" --name 720p_4 --size '1280*720' --steps 4 ;;
   *)
-    echo "unknown part: $part (quick|full|cp2|swap|swapfull|fp8|720p)" >&2; exit 64 ;;
+    echo "unknown part: $part (quick|full|full2|cp2|swap|swapfull|fp8|720p)" >&2; exit 64 ;;
 esac

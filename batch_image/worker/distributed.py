@@ -311,6 +311,7 @@ def enable_context_parallel(loaded, launch: Launch, *, compile_requested: str = 
     if not str(loaded.device).startswith("cuda"):
         emit("context_parallel", enabled=False, reason=f"device {loaded.device} (diffusers needs GPUs)")
         return None
+    loaded.finish_loading()  # both experts get the parallel config, so both must be here
     experts = loaded.resident_experts()
     _use_cp_attention(loaded, experts)
     if loaded.compile_mode == "regional" and compile_requested == "auto":

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import gc
 import json
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,10 @@ from worker.progress import emit
 
 EXPERTS = ("transformer", "transformer_2")  # high-noise, low-noise (diffusers' WanPipeline names)
 EXPERT_DTYPE = torch.bfloat16
+# diffusers and transformers build a model's skeleton under accelerate's `init_empty_weights`, which swaps
+# `nn.Module.register_parameter` process-wide: two loads at once (one in a background thread) could put
+# each other's parameters on the meta device. Every load in the worker holds this lock.
+MODEL_LOADING = threading.RLock()
 
 
 def expert_config(model_dir: Path) -> Any:
@@ -46,9 +52,34 @@ def load_expert(model_dir: Path, name: str, device: str) -> torch.nn.Module | No
 
     if name not in present_experts(model_dir):
         return None
-    return WanTransformer3DModel.from_pretrained(
-        model_dir, subfolder=name, torch_dtype=EXPERT_DTYPE, device_map={"": torch.device(device)}
-    )
+    with MODEL_LOADING:
+        return WanTransformer3DModel.from_pretrained(
+            model_dir, subfolder=name, torch_dtype=EXPERT_DTYPE, device_map={"": torch.device(device)}
+        )
+
+
+def load_expert_in_background(model_dir: Path, name: str, device: str) -> Future:
+    """`load_expert` in a thread, so the first expert's compile and steps run while this one is read.
+
+    On CUDA the copies go on their own stream: on the default stream each one would wait for the queued
+    denoising kernels and stall them in turn. The stream is synchronized before the future resolves, so
+    the expert is complete on the GPU when the loop takes it.
+    """
+
+    def load() -> torch.nn.Module | None:
+        if not str(device).startswith("cuda"):
+            return load_expert(model_dir, name, device)
+        stream = torch.cuda.Stream(torch.device(device))
+        with torch.cuda.stream(stream):
+            expert = load_expert(model_dir, name, device)
+        stream.synchronize()
+        return expert
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"load-{name}")
+    try:
+        return pool.submit(load)
+    finally:
+        pool.shutdown(wait=False)  # the thread ends with the load; nothing else is ever queued
 
 
 class ExpertSwap:

@@ -164,6 +164,8 @@ def _prepare(ctx: Context, pending: list[SpecItem]) -> None:
         device=launch.device(),
         quantization=s.quantization,
         step_cache=s.step_cache,
+        # Kernels to compile while loading; with context parallelism each rank sees other lengths.
+        sizes=[] if launch.distributed else {(i.width, i.height, i.num_frames) for i in pending},
     )
     ctx.context_parallel = distributed.enable_context_parallel(
         ctx.loaded, launch, compile_requested=s.compile_mode

@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,16 @@ import numpy as np
 import torch
 
 from wanbatch.spec import SpecItem
-from worker.attention import pick_attention_backend, use_attention_backend
-from worker.experts import EXPERT_DTYPE, EXPERTS, ExpertSwap, expert_config, load_expert
+from worker.attention import pick_attention_backend, use_attention_backend, warm_up_fa4
+from worker.experts import (
+    EXPERT_DTYPE,
+    EXPERTS,
+    MODEL_LOADING,
+    ExpertSwap,
+    expert_config,
+    load_expert,
+    load_expert_in_background,
+)
 from worker.offload import OffloadPlan, apply_plan, gpu_memory_fraction
 from worker.presets import apply_fp8, apply_step_cache, check_quantization, check_step_cache
 from worker.progress import emit
@@ -60,6 +69,7 @@ class LoadedPipeline:
     step_cache: str = "none"  # none | taylorseer (worker.presets)
     swap: ExpertSwap | None = None  # OFFLOAD=swap: the one expert on the GPU, loaded from disk when needed
     transformer_config: Any = None  # the experts' shared config (read from disk when they are swapped)
+    loading: dict[str, Future] = field(default_factory=dict)  # experts still being read in the background
     _checked: set = field(default_factory=set)  # experts whose first compiled call succeeded
 
     @property
@@ -70,10 +80,26 @@ class LoadedPipeline:
         """`transformer` (high noise) or `transformer_2` (low noise), on its device, ready to call."""
         if self.swap is not None:
             return self.swap.get(self.pipe, name)
+        if name in self.loading:
+            self._take_loaded(name)
         return getattr(self.pipe, name)
+
+    def finish_loading(self) -> None:
+        """Wait for the experts still loading (for whatever must see both, e.g. context parallelism)."""
+        for name in list(self.loading):
+            self._take_loaded(name)
 
     def resident_experts(self) -> list[torch.nn.Module]:
         return [e for e in (self.pipe.transformer, self.pipe.transformer_2) if e is not None]
+
+    def _take_loaded(self, name: str) -> None:
+        started = time.perf_counter()
+        expert = self.loading[name].result()  # a failed load raises here, for this item and every later one
+        del self.loading[name]
+        if expert is not None:
+            prepare_expert(self, expert)
+        self.pipe.register_modules(**{name: expert})
+        emit("expert_loaded", expert=name, background=True, waited_s=round(time.perf_counter() - started, 3))
 
 
 @dataclass
@@ -150,10 +176,13 @@ def load_pipeline(
     compile: str = "auto",
     quantization: str = "none",
     step_cache: str = "none",
+    sizes: Iterable[tuple[int, int, int]] = (),
 ):
-    """Components from a Diffusers-format folder: bf16 experts and text encoder, fp32 VAE."""
+    """Components from a Diffusers-format folder: bf16 experts and text encoder, fp32 VAE.
+
+    `sizes` (width, height, frames) of the items to come lets FA4 compile its kernels while the weights load.
+    """
     import transformers
-    from diffusers import AutoencoderKLWan, WanPipeline
     from diffusers.utils import logging as diffusers_logging
 
     # Progress bars are noise in CloudWatch; our own JSON lines report progress.
@@ -182,21 +211,73 @@ def load_pipeline(
         step_cache=step_cache,
         transformer_config=expert_config(model_dir),
     )
-    experts: dict[str, Any] = {}
+    with MODEL_LOADING:  # a background load still running from an earlier call finishes first
+        _load_components(model_dir, loaded, plan, sizes)
+    if plan.offload == "none":
+        loaded.loading["transformer_2"] = load_expert_in_background(model_dir, "transformer_2", device)
+    return loaded
+
+
+def _load_components(
+    model_dir: Path, loaded: LoadedPipeline, plan: OffloadPlan, sizes: Iterable[tuple[int, int, int]]
+) -> None:
+    """`loaded.pipe`: the pipeline with the experts that load now, placed and prepared as `plan` says."""
+    from diffusers import AutoencoderKLWan, WanPipeline
+
+    device = loaded.device
+    vae = AutoencoderKLWan.from_pretrained(model_dir, subfolder="vae", dtype=VAE_DTYPE)
+    warm_up = None
+    if loaded.attention_backend == "fa4" and sizes:
+        config = loaded.transformer_config
+        lengths = attention_lengths(sizes, vae.config, config.patch_size)
+        warm_up = warm_up_fa4(device, lengths, config.num_attention_heads, config.attention_head_dim)
+    components: dict[str, Any] = {}
     if plan.offload == "swap":
-        experts = {name: None for name in EXPERTS}  # loaded one at a time by ExpertSwap
+        components = {name: None for name in EXPERTS}  # loaded one at a time by ExpertSwap
         loaded.swap = ExpertSwap(model_dir, device, lambda expert: prepare_expert(loaded, expert))
     elif plan.offload == "none":
         # Straight from the files onto the GPU: no host copy of the 2 x 27 GiB, no second pass to move it.
-        experts = {name: load_expert(model_dir, name, device) for name in EXPERTS}
-    vae = AutoencoderKLWan.from_pretrained(model_dir, subfolder="vae", dtype=VAE_DTYPE)
-    pipe = WanPipeline.from_pretrained(model_dir, vae=vae, dtype=TRANSFORMER_DTYPE, **experts)
+        # The low-noise expert is first needed after the high-noise steps (a quarter to a third of the run
+        # at the defaults), so load_pipeline reads it in the background while those run, once the rest is
+        # loaded (its reads would slow the ones the first step waits for).
+        components = {"transformer": load_expert(model_dir, "transformer", device), "transformer_2": None}
+        if plan.text_encoder_device == "gpu":
+            components["text_encoder"] = load_text_encoder(model_dir, device)  # no stop in host memory
+    pipe = WanPipeline.from_pretrained(model_dir, vae=vae, dtype=TRANSFORMER_DTYPE, **components)
     pipe.set_progress_bar_config(disable=True)
     loaded.pipe = pipe
     apply_plan(pipe, plan, device)
     for expert in loaded.resident_experts():
         prepare_expert(loaded, expert)
-    return loaded
+    if warm_up is not None:
+        started = time.perf_counter()
+        warmed = warm_up.result()
+        emit("attention_warmed", backend=loaded.attention_backend, lengths=warmed,
+             waited_s=round(time.perf_counter() - started, 3))  # fmt: skip
+
+
+def load_text_encoder(model_dir: Path, device: str) -> torch.nn.Module:
+    """UMT5 (bf16) read from its safetensors straight into `device` memory."""
+    from transformers import UMT5EncoderModel
+
+    return UMT5EncoderModel.from_pretrained(
+        model_dir, subfolder="text_encoder", dtype=TRANSFORMER_DTYPE, device_map={"": torch.device(device)}
+    )
+
+
+def attention_lengths(
+    sizes: Iterable[tuple[int, int, int]], vae_config: Any, patch_size: tuple[int, int, int]
+) -> set[tuple[int, int]]:
+    """(query, key) lengths of the experts' attention calls for these (width, height, frames) items:
+    self-attention over the video tokens, cross-attention from them to the padded prompt."""
+    spatial, temporal = vae_config.scale_factor_spatial, vae_config.scale_factor_temporal
+    p_t, p_h, p_w = patch_size
+    lengths = set()
+    for width, height, frames in sizes:
+        latent_frames = (frames - 1) // temporal + 1
+        tokens = latent_frames // p_t * (height // spatial // p_h) * (width // spatial // p_w)
+        lengths |= {(tokens, tokens), (tokens, MAX_SEQUENCE_LENGTH)}
+    return lengths
 
 
 def prepare_expert(loaded: LoadedPipeline, expert: torch.nn.Module) -> None:
