@@ -6,6 +6,7 @@ any step from a saved state and reports every step, which the pipeline's own cal
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -69,6 +70,7 @@ class LoadedPipeline:
     step_cache: str = "none"  # none | taylorseer (worker.presets)
     swap: ExpertSwap | None = None  # OFFLOAD=swap: the one expert on the GPU, loaded from disk when needed
     transformer_config: Any = None  # the experts' shared config (read from disk when they are swapped)
+    deferred: dict[str, Callable[[], Future]] = field(default_factory=dict)  # background loads to start
     loading: dict[str, Future] = field(default_factory=dict)  # experts still being read in the background
     _checked: set = field(default_factory=set)  # experts whose first compiled call succeeded
 
@@ -80,12 +82,22 @@ class LoadedPipeline:
         """`transformer` (high noise) or `transformer_2` (low noise), on its device, ready to call."""
         if self.swap is not None:
             return self.swap.get(self.pipe, name)
+        if name in self.deferred:
+            self.start_deferred_loads()
         if name in self.loading:
             self._take_loaded(name)
         return getattr(self.pipe, name)
 
+    def start_deferred_loads(self) -> None:
+        """Start the background loads; the loop calls this after its first step. Until then the text
+        encoder and the first step's compile would compete with the load for the GIL and the PCIe bus;
+        afterwards the loop mostly waits for the GPU."""
+        for name in list(self.deferred):
+            self.loading[name] = self.deferred.pop(name)()
+
     def finish_loading(self) -> None:
         """Wait for the experts still loading (for whatever must see both, e.g. context parallelism)."""
+        self.start_deferred_loads()
         for name in list(self.loading):
             self._take_loaded(name)
 
@@ -214,7 +226,9 @@ def load_pipeline(
     with MODEL_LOADING:  # a background load still running from an earlier call finishes first
         _load_components(model_dir, loaded, plan, sizes)
     if plan.offload == "none":
-        loaded.loading["transformer_2"] = load_expert_in_background(model_dir, "transformer_2", device)
+        loaded.deferred["transformer_2"] = functools.partial(
+            load_expert_in_background, model_dir, "transformer_2", device
+        )
     return loaded
 
 
@@ -238,8 +252,7 @@ def _load_components(
     elif plan.offload == "none":
         # Straight from the files onto the GPU: no host copy of the 2 x 27 GiB, no second pass to move it.
         # The low-noise expert is first needed after the high-noise steps (a quarter to a third of the run
-        # at the defaults), so load_pipeline reads it in the background while those run, once the rest is
-        # loaded (its reads would slow the ones the first step waits for).
+        # at the defaults), so it is read in the background while those run (from the end of the first).
         components = {"transformer": load_expert(model_dir, "transformer", device), "transformer_2": None}
         if plan.text_encoder_device == "gpu":
             components["text_encoder"] = load_text_encoder(model_dir, device)  # no stop in host memory
@@ -463,6 +476,7 @@ def generate(
                     state=lambda done=done, lat=lat: capture_state(done, lat, scheduler, generator),
                 )
             )
+        loaded.start_deferred_loads()
     timings["denoise_s"] = time.perf_counter() - denoise_started
     timings["step_s"] = step_seconds
 

@@ -40,21 +40,23 @@ def gate(monkeypatch):
 def test_high_noise_steps_run_before_the_low_noise_expert_has_loaded(tiny_model_dir, tiny_pipeline, gate):
     opened, state = gate
     loaded = load_pipeline(tiny_model_dir, plan=_resident_plan(), device="cpu")
-    # load_pipeline returned with the low-noise expert still held at the gate.
+    # load_pipeline returned without the low-noise expert; its load starts after the first step.
     assert loaded.pipe.transformer is not None and loaded.pipe.transformer_2 is None
-    assert not loaded.loading["transformer_2"].done()
-    assert state["names"] == ["transformer_2"]
+    assert list(loaded.deferred) == ["transformer_2"] and state["names"] == []
 
-    seen = []
+    seen, started = [], []
 
     def on_step(info) -> None:
         seen.append(info.expert)
+        started.append(list(state["names"]))
         if info.index + 1 == HIGH_NOISE_STEPS:
+            assert not loaded.loading["transformer_2"].done()
             opened.set()  # only now may the low-noise expert finish loading
 
     item = make_item(steps=6)
     frames = generate(loaded, item, on_step=on_step).frames
     assert seen == ["high-noise"] * HIGH_NOISE_STEPS + ["low-noise"] * 2
+    assert started[0] == [] and started[1] == ["transformer_2"]  # not during the first step (compile)
     assert loaded.loading == {} and loaded.pipe.transformer_2 is not None
     # The same frames as the pipeline that loaded both experts before its first step.
     assert np.array_equal(frames, generate(tiny_pipeline, item).frames)
