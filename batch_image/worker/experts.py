@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -58,6 +59,18 @@ def load_expert(model_dir: Path, name: str, device: str) -> torch.nn.Module | No
         )
 
 
+def expert_bytes(model_dir: Path, name: str) -> int:
+    """The size of one expert's weights in EXPERT_DTYPE, from its safetensors headers (nothing else read)."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in sorted((Path(model_dir) / name).glob("*.safetensors")):
+        with safe_open(path, framework="pt") as weights:
+            for key in weights.keys():  # noqa: SIM118 - safe_open is not a mapping
+                total += math.prod(weights.get_slice(key).get_shape()) * EXPERT_DTYPE.itemsize
+    return total
+
+
 def load_expert_in_background(model_dir: Path, name: str, device: str) -> Future:
     """`load_expert` in a thread, so the first expert's compile and steps run while this one is read.
 
@@ -66,10 +79,18 @@ def load_expert_in_background(model_dir: Path, name: str, device: str) -> Future
     the expert is complete on the GPU when the loop takes it.
     """
 
-    def load() -> torch.nn.Module | None:
-        if not str(device).startswith("cuda"):
-            return load_expert(model_dir, name, device)
+    stream = None
+    if str(device).startswith("cuda"):
         stream = torch.cuda.Stream(torch.device(device))
+        with torch.cuda.stream(stream):
+            # One allocation for the whole expert, freed at once: the segment stays in the caching
+            # allocator's pool for this stream, so the loader's thousand tensors need no cudaMalloc each.
+            # Those hold the allocator's lock, which the loop takes for every op it launches.
+            torch.empty(expert_bytes(model_dir, name), dtype=torch.uint8, device=device)
+
+    def load() -> torch.nn.Module | None:
+        if stream is None:
+            return load_expert(model_dir, name, device)
         with torch.cuda.stream(stream):
             expert = load_expert(model_dir, name, device)
         stream.synchronize()

@@ -165,7 +165,7 @@ def _prepare(ctx: Context, pending: list[SpecItem]) -> None:
         quantization=s.quantization,
         step_cache=s.step_cache,
         # Kernels to compile while loading; with context parallelism each rank sees other lengths.
-        sizes=[] if launch.distributed else {(i.width, i.height, i.num_frames) for i in pending},
+        sizes=[],
     )
     ctx.context_parallel = distributed.enable_context_parallel(
         ctx.loaded, launch, compile_requested=s.compile_mode

@@ -86,3 +86,11 @@ def test_finish_loading_waits_for_both_experts(tiny_model_dir, gate):
     assert loaded.loading == {}
     assert [e is not None for e in loaded.resident_experts()] == [True, True]
     assert loaded.expert("transformer_2") is loaded.pipe.transformer_2
+
+
+def test_expert_bytes_is_the_size_of_the_loaded_weights(tiny_model_dir, tiny_pipeline):
+    """The GPU memory reserved for a background load: every parameter in the experts' dtype."""
+    loaded_bytes = sum(
+        p.numel() * experts.EXPERT_DTYPE.itemsize for p in tiny_pipeline.expert("transformer_2").parameters()
+    )
+    assert experts.expert_bytes(tiny_model_dir, "transformer_2") == loaded_bytes
