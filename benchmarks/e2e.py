@@ -261,11 +261,11 @@ def summarize(run: dict[str, Any], manifest: dict[str, Any] | None, target_steps
         "host_peak_rss_gib": stats.get("host_peak_rss_gib") or run["child_peak_rss_gib"],
         "peak_gpu_gib": stats.get("peak_gpu_gib"),
         "peak_gpu_reserved_gib": stats.get("peak_gpu_reserved_gib"),
-        # How long the loop waited for work started in the background at load (low-noise expert, FA4 JIT).
+        # How long the loop waited for the low-noise expert's background load (OFFLOAD=none).
         "background_waits_s": {
             e["event"]: e.get("waited_s")
             for e in run["events"]
-            if e.get("event") in ("expert_loaded", "attention_warmed") and "waited_s" in e
+            if e.get("event") == "expert_loaded" and "waited_s" in e
         },
     }
     if manifest is None:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
@@ -99,33 +97,3 @@ def activate_fa4() -> None:
     attention.register_flash_attention_impl("FA4", register_fn=register)
     attention.activate_flash_attention_impl("FA4")
 
-
-def warm_up_fa4(device: str, lengths: Iterable[tuple[int, int]], heads: int, head_dim: int) -> Future:
-    """Compile FA4's kernels for these (query, key) sequence lengths in a thread, while the weights load.
-
-    flash-attn-4 JIT-compiles a kernel (CuTe DSL) at the first call of each configuration, which depends
-    on the lengths (split-KV and tiling choices): seconds of CPU work that would otherwise stall the first
-    denoising step. The calls go through diffusers' dispatch as the experts' do, so they hit the same cache
-    entries. The thread runs on its own CUDA stream and waits for it before the future resolves.
-    """
-    from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
-
-    def warm() -> list[tuple[int, int]]:
-        activate_fa4()
-        target = torch.device(device)
-        stream = torch.cuda.Stream(target)
-        done = []
-        with torch.cuda.stream(stream), torch.no_grad():
-            for q_len, kv_len in sorted(set(lengths)):
-                q = torch.randn(1, q_len, heads, head_dim, device=target, dtype=torch.bfloat16)
-                kv = torch.randn(1, kv_len, heads, head_dim, device=target, dtype=torch.bfloat16)
-                dispatch_attention_fn(q, kv, kv, backend=AttentionBackendName(diffusers_backend("fa4")))
-                done.append((q_len, kv_len))
-        stream.synchronize()
-        return done
-
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fa4-warm-up")
-    try:
-        return pool.submit(warm)
-    finally:
-        pool.shutdown(wait=False)

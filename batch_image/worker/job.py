@@ -164,8 +164,6 @@ def _prepare(ctx: Context, pending: list[SpecItem]) -> None:
         device=launch.device(),
         quantization=s.quantization,
         step_cache=s.step_cache,
-        # Kernels to compile while loading; with context parallelism each rank sees other lengths.
-        sizes=[],
     )
     ctx.context_parallel = distributed.enable_context_parallel(
         ctx.loaded, launch, compile_requested=s.compile_mode

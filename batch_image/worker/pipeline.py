@@ -10,7 +10,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from wanbatch.spec import SpecItem
-from worker.attention import pick_attention_backend, use_attention_backend, warm_up_fa4
+from worker.attention import pick_attention_backend, use_attention_backend
 from worker.experts import (
     EXPERT_DTYPE,
     EXPERTS,
@@ -188,12 +188,8 @@ def load_pipeline(
     compile: str = "auto",
     quantization: str = "none",
     step_cache: str = "none",
-    sizes: Iterable[tuple[int, int, int]] = (),
 ):
-    """Components from a Diffusers-format folder: bf16 experts and text encoder, fp32 VAE.
-
-    `sizes` (width, height, frames) of the items to come lets FA4 compile its kernels while the weights load.
-    """
+    """Components from a Diffusers-format folder: bf16 experts and text encoder, fp32 VAE."""
     import transformers
     from diffusers.utils import logging as diffusers_logging
 
@@ -224,7 +220,7 @@ def load_pipeline(
         transformer_config=expert_config(model_dir),
     )
     with MODEL_LOADING:  # a background load still running from an earlier call finishes first
-        _load_components(model_dir, loaded, plan, sizes)
+        _load_components(model_dir, loaded, plan)
     if plan.offload == "none":
         loaded.deferred["transformer_2"] = functools.partial(
             load_expert_in_background, model_dir, "transformer_2", device
@@ -232,19 +228,12 @@ def load_pipeline(
     return loaded
 
 
-def _load_components(
-    model_dir: Path, loaded: LoadedPipeline, plan: OffloadPlan, sizes: Iterable[tuple[int, int, int]]
-) -> None:
+def _load_components(model_dir: Path, loaded: LoadedPipeline, plan: OffloadPlan) -> None:
     """`loaded.pipe`: the pipeline with the experts that load now, placed and prepared as `plan` says."""
     from diffusers import AutoencoderKLWan, WanPipeline
 
     device = loaded.device
     vae = AutoencoderKLWan.from_pretrained(model_dir, subfolder="vae", dtype=VAE_DTYPE)
-    warm_up = None
-    if loaded.attention_backend == "fa4" and sizes:
-        config = loaded.transformer_config
-        lengths = attention_lengths(sizes, vae.config, config.patch_size)
-        warm_up = warm_up_fa4(device, lengths, config.num_attention_heads, config.attention_head_dim)
     components: dict[str, Any] = {}
     if plan.offload == "swap":
         components = {name: None for name in EXPERTS}  # loaded one at a time by ExpertSwap
@@ -262,11 +251,6 @@ def _load_components(
     apply_plan(pipe, plan, device)
     for expert in loaded.resident_experts():
         prepare_expert(loaded, expert)
-    if warm_up is not None:
-        started = time.perf_counter()
-        warmed = warm_up.result()
-        emit("attention_warmed", backend=loaded.attention_backend, lengths=warmed,
-             waited_s=round(time.perf_counter() - started, 3))  # fmt: skip
 
 
 def load_text_encoder(model_dir: Path, device: str) -> torch.nn.Module:
@@ -276,21 +260,6 @@ def load_text_encoder(model_dir: Path, device: str) -> torch.nn.Module:
     return UMT5EncoderModel.from_pretrained(
         model_dir, subfolder="text_encoder", dtype=TRANSFORMER_DTYPE, device_map={"": torch.device(device)}
     )
-
-
-def attention_lengths(
-    sizes: Iterable[tuple[int, int, int]], vae_config: Any, patch_size: tuple[int, int, int]
-) -> set[tuple[int, int]]:
-    """(query, key) lengths of the experts' attention calls for these (width, height, frames) items:
-    self-attention over the video tokens, cross-attention from them to the padded prompt."""
-    spatial, temporal = vae_config.scale_factor_spatial, vae_config.scale_factor_temporal
-    p_t, p_h, p_w = patch_size
-    lengths = set()
-    for width, height, frames in sizes:
-        latent_frames = (frames - 1) // temporal + 1
-        tokens = latent_frames // p_t * (height // spatial // p_h) * (width // spatial // p_w)
-        lengths |= {(tokens, tokens), (tokens, MAX_SEQUENCE_LENGTH)}
-    return lengths
 
 
 def prepare_expert(loaded: LoadedPipeline, expert: torch.nn.Module) -> None:

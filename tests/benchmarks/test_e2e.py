@@ -100,12 +100,11 @@ def test_summary_separates_warm_up_steps_and_labels_the_extrapolation():
 
 def test_a_warm_cache_run_gets_its_own_key_and_the_background_waits_are_kept():
     steps = [9.0, 5.2, 5.2, 5.3]
-    events = [{"event": "render_stats", "peak_gpu_gib": 73.4},
-              {"event": "attention_warmed", "waited_s": 0.4}, {"event": "expert_loaded", "waited_s": 0.0},
+    events = [{"event": "render_stats", "peak_gpu_gib": 73.4}, {"event": "expert_loaded", "waited_s": 0.4},
               {"event": "expert_loaded", "expert": "transformer", "seconds": 9.0}]  # swap: no wait field
     run = {"exit_code": 0, "wall_s": 60.0, "events": events, "child_peak_rss_gib": 10.0}  # fmt: skip
     summary = e2e.summarize(run, _manifest(steps, total=30.0, denoise=sum(steps)))
-    assert summary["background_waits_s"] == {"attention_warmed": 0.4, "expert_loaded": 0.0}
+    assert summary["background_waits_s"] == {"expert_loaded": 0.4}
     keys = e2e.result_keys("480p_4_warm", summary)
     assert keys["e2e_480p_4_steps_s_warm_caches"] == 60.0
     assert "e2e_480p_4_steps_s" not in keys and "s_per_step_480p_e2e" not in keys  # the cold run's keys

@@ -76,23 +76,3 @@ def test_components_load_in_the_documented_dtypes(tiny_pipeline):
     assert pipe.text_encoder.dtype == torch.bfloat16
     assert pipe.vae.dtype == torch.float32
     assert tiny_pipeline.boundary_ratio == 0.875
-
-
-def test_attention_lengths_are_those_the_experts_attend_over(tiny_pipeline, monkeypatch):
-    """The (query, key) lengths FA4 is warmed up for are the ones each expert's attention then sees."""
-    from diffusers.models.transformers import transformer_wan
-    from worker.pipeline import attention_lengths
-
-    seen, dispatch = set(), transformer_wan.dispatch_attention_fn
-
-    def recording(query, key, value, **kwargs):
-        seen.add((query.shape[1], key.shape[1]))  # (batch, length, heads, head_dim)
-        return dispatch(query, key, value, **kwargs)
-
-    monkeypatch.setattr(transformer_wan, "dispatch_attention_fn", recording)
-    item = make_item(steps=1, width=640, height=352, num_frames=9)
-    generate(tiny_pipeline, item, output_type="latent")
-    pipe = tiny_pipeline.pipe
-    sizes = [(item.width, item.height, item.num_frames)]
-    assert attention_lengths(sizes, pipe.vae.config, pipe.transformer.config.patch_size) == seen
-    assert len(seen) == 2  # self- and cross-attention
