@@ -96,4 +96,3 @@ def activate_fa4() -> None:
     register = functools.partial(_fa4.register_flash_attention_fa4, module_path=FA4_ADAPTER)
     attention.register_flash_attention_impl("FA4", register_fn=register)
     attention.activate_flash_attention_impl("FA4")
-

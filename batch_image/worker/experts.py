@@ -1,5 +1,8 @@
 """The two A14B experts: loaded straight onto their device, and (OFFLOAD=swap) one at a time from disk.
 
+With OFFLOAD=none the low-noise expert is read in a background thread while the high-noise steps run
+(`load_expert_in_background`), instead of before the first step.
+
 `swap` is for hosts with less memory than the model (a g6e.2xlarge has 64 GiB for 2 x 27 GiB experts plus
 a 12.6 GiB text encoder): the expert in use lives on the GPU only, the other stays on disk (page cache or
 NVMe) and is read straight into GPU memory when the denoising loop crosses the boundary. Nothing of the
@@ -72,13 +75,12 @@ def expert_bytes(model_dir: Path, name: str) -> int:
 
 
 def load_expert_in_background(model_dir: Path, name: str, device: str) -> Future:
-    """`load_expert` in a thread, so the first expert's compile and steps run while this one is read.
+    """`load_expert` in a thread, so the other expert's denoising steps run while this one is read.
 
     On CUDA the copies go on their own stream: on the default stream each one would wait for the queued
     denoising kernels and stall them in turn. The stream is synchronized before the future resolves, so
     the expert is complete on the GPU when the loop takes it.
     """
-
     stream = None
     if str(device).startswith("cuda"):
         stream = torch.cuda.Stream(torch.device(device))

@@ -240,8 +240,8 @@ def _load_components(model_dir: Path, loaded: LoadedPipeline, plan: OffloadPlan)
         loaded.swap = ExpertSwap(model_dir, device, lambda expert: prepare_expert(loaded, expert))
     elif plan.offload == "none":
         # Straight from the files onto the GPU: no host copy of the 2 x 27 GiB, no second pass to move it.
-        # The low-noise expert is first needed after the high-noise steps (a quarter to a third of the run
-        # at the defaults), so it is read in the background while those run (from the end of the first).
+        # The low-noise expert is first needed after the high-noise steps (26 of 40 at the defaults), so it
+        # is read in the background while those run, from the end of the first (LoadedPipeline.deferred).
         components = {"transformer": load_expert(model_dir, "transformer", device), "transformer_2": None}
         if plan.text_encoder_device == "gpu":
             components["text_encoder"] = load_text_encoder(model_dir, device)  # no stop in host memory
