@@ -4,7 +4,8 @@
     python -m benchmarks.e2e run --model outputs/e2e/model --name 480p_4 --size 832*480 --steps 4
 
 `build` makes the checkpoint in Diffusers format: both experts at the A14B config (bf16; `transformer_2/`
-hard-links `transformer/`'s files, so the disk holds one copy), the UMT5-XXL encoder (bf16), the Wan VAE
+hard-links `transformer/`'s files, so the disk holds one copy; `--distinct-experts` copies them instead:
+~70 GB, for loads from a cold disk), the UMT5-XXL encoder (bf16), the Wan VAE
 (fp32), the UniPC flow scheduler, model_index.json with boundary_ratio 0.875, and the tiny model's
 character tokenizer (the encoder still has the real 256,384-row vocabulary). Parameters are created on the
 meta device and filled on the GPU (std 0.02), then saved with safetensors in <= 5 GB shards.
@@ -47,11 +48,13 @@ SCHEDULER = dict(
 # ---------------------------------------------------------------- build
 
 
-def build_checkpoint(directory: Path, *, device: str, tiny: bool = False) -> dict[str, Any]:
+def build_checkpoint(
+    directory: Path, *, device: str, tiny: bool = False, distinct_experts: bool = False
+) -> dict[str, Any]:
     """Write the random-weight checkpoint once; a finished folder (marker present) is reused."""
     directory = Path(directory)
     marker = directory / BUILD_MARKER
-    wanted = {"version": BUILD_VERSION, "tiny": tiny}
+    wanted = {"version": BUILD_VERSION, "tiny": tiny, "distinct_experts": distinct_experts}
     if (
         marker.is_file()
         and {k: v for k, v in json.loads(marker.read_text()).items() if k in wanted} == wanted
@@ -62,7 +65,7 @@ def build_checkpoint(directory: Path, *, device: str, tiny: bool = False) -> dic
     directory.mkdir(parents=True)
     record: dict[str, Any] = dict(wanted)
     _copy_index_and_tokenizer(directory)
-    record["transformer_s"] = _timed(lambda: _save_transformer(directory, device, tiny))
+    record["transformer_s"] = _timed(lambda: _save_transformer(directory, device, tiny, distinct_experts))
     record["text_encoder_s"] = _timed(lambda: _save_text_encoder(directory, device, tiny))
     record["vae_s"] = _timed(lambda: _save_vae(directory, device, tiny))
     from diffusers import UniPCMultistepScheduler
@@ -100,7 +103,7 @@ def _copy_index_and_tokenizer(directory: Path) -> None:
         shutil.copytree(tiny / "tokenizer", directory / "tokenizer")
 
 
-def _save_transformer(directory: Path, device: str, tiny: bool) -> None:
+def _save_transformer(directory: Path, device: str, tiny: bool, distinct: bool) -> None:
     from benchmarks import dit
 
     log("building the expert (A14B config) on the meta device, filling it on " + device)
@@ -108,9 +111,10 @@ def _save_transformer(directory: Path, device: str, tiny: bool) -> None:
     model.save_pretrained(directory / "transformer", max_shard_size=SHARD, safe_serialization=True)
     del model
     # The two experts differ only in their values; hard links keep one copy on disk and in the page cache.
+    # A copy has its own inode, so a cold disk is read twice, as with a real checkpoint.
     (directory / "transformer_2").mkdir()
     for f in sorted((directory / "transformer").iterdir()):
-        os.link(f, directory / "transformer_2" / f.name)
+        (shutil.copyfile if distinct else os.link)(f, directory / "transformer_2" / f.name)
 
 
 def _save_text_encoder(directory: Path, device: str, tiny: bool) -> None:
@@ -343,6 +347,10 @@ def result_keys(name: str, summary: dict[str, Any]) -> dict[str, Any]:
     if "warm" in name:  # a second run on the same machine: compile and FA4 caches filled by the first
         keys[f"e2e_{size}_{steps}_steps_s_warm_caches"] = summary["wall_s"]
         return keys
+    if "colddisk" in name:  # weights read from the disk, not the page cache (run --drop-caches)
+        keys[f"e2e_{size}_{steps}_steps_s_cold_disk"] = summary["wall_s"]
+        keys[f"load_s_{size}_cold_disk"] = summary["load_s"]
+        return keys
     keys[f"e2e_{size}_{steps}_steps_s"] = summary["wall_s"]
     keys[f"load_s_{size}"] = summary["load_s"]
     keys[f"s_per_step_{size}_e2e"] = summary["s_per_step"]
@@ -364,6 +372,13 @@ def _unconstrained_s_per_step(name: str) -> tuple[float, str] | None:
     return None
 
 
+def drop_weights_from_page_cache(model_dir: Path) -> str:
+    """Make the worker read every weight file from the disk; how it was done (io_rates.drop_page_cache)."""
+    from benchmarks.io_rates import drop_page_cache
+
+    return ", ".join(sorted({drop_page_cache(f) for f in sorted(Path(model_dir).rglob("*.safetensors"))}))
+
+
 def run_one(args: argparse.Namespace) -> int:
     from wanbatch.spec import parse_size
 
@@ -376,12 +391,14 @@ def run_one(args: argparse.Namespace) -> int:
         env["WANBATCH_GPU_MEMORY_FRACTION"] = str(args.memory_fraction)
     cache = Path(args.work) / "cache"
     seeded = seed_hash_memo(Path(args.model), cache)
+    page_cache = drop_weights_from_page_cache(Path(args.model)) if args.drop_caches else "as left"
     log(f"hash memo ready in {seeded} s; running the worker ({args.name})")
     run = run_worker(spec, cache_dir=cache, env_extra=env, timeout_s=args.timeout)
     manifests = sorted(work.rglob("*.manifest.json"))
     manifest = json.loads(manifests[0].read_text()) if manifests else None
     summary = summarize(run, manifest, target_steps=args.extrapolate_to)
-    summary.update(env=env, hash_memo_s=seeded, size=args.size, frames=args.frames, steps=args.steps)
+    summary.update(env=env, hash_memo_s=seeded, size=args.size, frames=args.frames, steps=args.steps,
+                   page_cache=page_cache)  # fmt: skip
     common.write_part(f"e2e_{args.name}", {**summary, "events": run["events"], "manifest": manifest})
     keys = result_keys(args.name, summary)
     reference = _unconstrained_s_per_step(args.name)
@@ -400,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--dir", default="outputs/e2e/model")
     b.add_argument("--device", default="cuda")
     b.add_argument("--tiny", action="store_true", help="2-layer shapes, for a CPU check of this code")
+    b.add_argument("--distinct-experts", action="store_true", help="copy transformer_2, not hard links")
     r = sub.add_parser("run", help="run the worker on it and record the numbers")
     r.add_argument("--model", default="outputs/e2e/model")
     r.add_argument("--work", default="outputs/e2e/runs")
@@ -413,11 +431,14 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--gpus", type=int, default=1, help="the spec's gpus: >1 renders with context parallelism")
     r.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="worker env; repeatable")
     r.add_argument("--extrapolate-to", type=int, default=40)
+    r.add_argument("--drop-caches", action="store_true", help="weights read from the disk (name: *colddisk*)")
     r.add_argument("--timeout", type=float, default=540.0)
     args = parser.parse_args(argv)
     if args.cmd == "build":
         started = time.perf_counter()
-        record = build_checkpoint(Path(args.dir), device=args.device, tiny=args.tiny)
+        record = build_checkpoint(
+            Path(args.dir), device=args.device, tiny=args.tiny, distinct_experts=args.distinct_experts
+        )
         record["build_s"] = round(time.perf_counter() - started, 2)
         common.write_part("e2e_build", record)
         log("build: " + json.dumps(record))

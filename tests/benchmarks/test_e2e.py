@@ -31,6 +31,27 @@ def test_build_writes_a_diffusers_folder_with_hard_linked_experts(tiny_checkpoin
     assert json.loads((tiny_checkpoint / e2e.BUILD_MARKER).read_text())["tiny"] is True
 
 
+def test_distinct_experts_are_copies_with_their_own_inodes(tiny_checkpoint, tmp_path):
+    directory = tmp_path / "distinct"
+    record = e2e.build_checkpoint(directory, device="cpu", tiny=True, distinct_experts=True)
+    assert record["distinct_experts"] is True
+    for f in (directory / "transformer").iterdir():
+        twin = directory / "transformer_2" / f.name
+        assert twin.stat().st_ino != f.stat().st_ino and twin.read_bytes() == f.read_bytes()
+    # A hard-linked build is not taken for a distinct one (nor the other way round).
+    assert e2e.build_checkpoint(tiny_checkpoint, device="cpu", tiny=True)["distinct_experts"] is False
+
+
+def test_drop_caches_covers_every_weight_file(tiny_checkpoint, monkeypatch):
+    from benchmarks import io_rates
+
+    dropped = []
+    monkeypatch.setattr(io_rates, "drop_page_cache", lambda path: dropped.append(path) or "fadvise (test)")
+    assert e2e.drop_weights_from_page_cache(tiny_checkpoint) == "fadvise (test)"
+    assert sorted(dropped) == sorted(tiny_checkpoint.rglob("*.safetensors"))
+    assert {p.parent.name for p in dropped} >= {"transformer", "transformer_2", "text_encoder", "vae"}
+
+
 def test_build_reuses_a_finished_folder(tiny_checkpoint):
     before = (tiny_checkpoint / "transformer" / "config.json").stat().st_mtime_ns
     record = e2e.build_checkpoint(tiny_checkpoint, device="cpu", tiny=True)
@@ -108,6 +129,9 @@ def test_a_warm_cache_run_gets_its_own_key_and_the_background_waits_are_kept():
     keys = e2e.result_keys("480p_4_warm", summary)
     assert keys["e2e_480p_4_steps_s_warm_caches"] == 60.0
     assert "e2e_480p_4_steps_s" not in keys and "s_per_step_480p_e2e" not in keys  # the cold run's keys
+    disk = e2e.result_keys("480p_4_colddisk", summary)
+    assert disk["e2e_480p_4_steps_s_cold_disk"] == 60.0 and disk["load_s_480p_cold_disk"] == 20.0
+    assert "e2e_480p_4_steps_s" not in disk
 
 
 def test_48gb_mode_keys():
