@@ -8,8 +8,12 @@ Variants, in this order on one model (FP8 quantizes it in place):
              else SDPA): the worker's default
   fp8        + FP8 linear layers (worker.presets.apply_fp8: torchao dynamic e4m3, per-row scales), compiled,
              same attention (what QUANTIZATION=fp8 runs)
-  fp8_sage   + SageAttention 2 (INT8 QK, FP8 PV, the sm90 kernel through diffusers' backend), when
-             `sageattention>=2.1.1` imports (built from source on the GPU machine: run_gpu.sh presets)
+  fp8_sage   + SageAttention 2 (INT8 QK, FP8 PV; `sageattn`, which picks the sm90 kernel there) as a custom op
+             inside the compiled blocks (benchmarks.fp8_candidates), when `sageattention>=2.1.1` imports
+             (built from source on the GPU machine: run_gpu.sh presets)
+`--fp8-impl scaled_mm` swaps the worker's torchao FP8 for the compile-friendly candidate
+(benchmarks.fp8_candidates.Float8RowwiseLinear: the same per-row e4m3 arithmetic, one `torch._scaled_mm`);
+its variants are recorded as `fp8_mm` and `fp8_mm_sage`.
 Each records the CFG step time, the first (compiling) call, peak memory and the distance of its output
 from the lossless one. diffusers decides at import whether Sage is usable, so `fp8_sage` runs in a second
 process once the build is done: the first saves the lossless output and time (`--save-ref`), the second
@@ -29,11 +33,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from benchmarks import common, dit
+from benchmarks import common, dit, fp8_candidates
 from benchmarks.common import log, run_guarded
 
-SAGE_BACKEND = "_sage_qk_int8_pv_fp8_cuda_sm90"
 VARIANTS = ("lossless", "fp8", "fp8_sage")
+FP8_IMPLS = {"torchao": "fp8", "scaled_mm": "fp8_mm"}  # implementation -> the name its records get
 
 
 def time_variant(model, cond, uncond, device: str, compile: bool, reps: int) -> dict[str, Any]:
@@ -83,7 +87,7 @@ def summarize(rec: dict[str, Any]) -> dict[str, Any]:
         return {}
     keys: dict[str, Any] = {"presets_720p_lossless_step_s": round(lossless["median_s"], 3)}
     best = None
-    for name in ("fp8", "fp8_sage"):
+    for name in ("fp8", "fp8_sage", "fp8_mm", "fp8_mm_sage"):
         variant = rec.get(name)
         if variant:
             keys[f"presets_720p_{name}_step_s"] = round(variant["median_s"], 3)
@@ -93,8 +97,10 @@ def summarize(rec: dict[str, Any]) -> dict[str, Any]:
     if best:
         keys["fp8_speedup_720p"] = round(lossless["median_s"] / rec[best]["median_s"], 3)
         keys["fp8_speedup_720p_variant"] = best
-        if rec.get("fp8"):
-            keys["fp8_speedup_720p_linear_only"] = round(lossless["median_s"] / rec["fp8"]["median_s"], 3)
+        for name, suffix in (("fp8", ""), ("fp8_mm", "_scaled_mm")):
+            if rec.get(name):
+                speedup = lossless["median_s"] / rec[name]["median_s"]
+                keys[f"fp8_speedup_720p_linear_only{suffix}"] = round(speedup, 3)
     return keys
 
 
@@ -107,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--save-ref", type=Path, default=None, help="save the lossless output and time")
     parser.add_argument("--ref", type=Path, default=None, help="a --save-ref file: skip the lossless run")
+    parser.add_argument("--fp8-impl", default="torchao", choices=sorted(FP8_IMPLS), help="FP8 linear layers")
     args = parser.parse_args(argv)
+    fp8_name = FP8_IMPLS[args.fp8_impl]
     started = time.time()
     compile = args.device.startswith("cuda")
     presets, pipeline = common.worker_module("presets"), common.worker_module("pipeline")
@@ -143,18 +151,24 @@ def main(argv: list[str] | None = None) -> int:
     if "lossless" in args.only and args.ref is None:
         record("lossless", run_guarded(rec, "lossless", lambda: time_variant(
             model, cond, uncond, args.device, compile, args.reps)))  # fmt: skip
+
+    def quantize() -> int:
+        if args.fp8_impl == "scaled_mm":
+            return fp8_candidates.swap_fp8_linears(model, presets.is_fp8_target)
+        return presets.apply_fp8(model)
+
     if "fp8" in args.only:
 
         def fp8() -> dict[str, Any]:
             pipeline.uncompile(model)  # quantize the plain modules, then compile them again
-            seconds, rec["fp8_layers"] = common.time_call(lambda: presets.apply_fp8(model), args.device)
-            log(f"fp8: {rec['fp8_layers']} linear layers quantized in {seconds:.1f} s")
+            seconds, rec["fp8_layers"] = common.time_call(quantize, args.device)
+            log(f"fp8 ({args.fp8_impl}): {rec['fp8_layers']} linear layers quantized in {seconds:.1f} s")
             seconds, _ = common.time_call(lambda: dit.forward_ours(model, cond), args.device)
             rec["fp8_eager_first_forward_s"] = round(seconds, 2)
             log(f"fp8: first eager forward {seconds:.2f} s (one branch); compiling")
             return time_variant(model, cond, uncond, args.device, compile, args.reps)
 
-        record("fp8", run_guarded(rec, "fp8", fp8))
+        record(fp8_name, run_guarded(rec, fp8_name, fp8))
     if "fp8_sage" in args.only and importlib.util.find_spec("sageattention"):
         rec["attention_micro"] = run_guarded(rec, "attention_micro", lambda: attention_micro(
             args.size, args.device, args.tiny))  # fmt: skip
@@ -162,8 +176,9 @@ def main(argv: list[str] | None = None) -> int:
 
         def fp8_sage() -> dict[str, Any]:
             if "fp8_layers" not in rec:
-                rec["fp8_layers"] = presets.apply_fp8(model)
-            model.set_attention_backend(SAGE_BACKEND)
+                pipeline.uncompile(model)
+                rec["fp8_layers"] = quantize()
+            fp8_candidates.route_attention_to_sage()  # for the rest of this process
             try:
                 return time_variant(model, cond, uncond, args.device, compile, args.reps)
             except Exception as exc:  # noqa: BLE001 - a kernel that does not trace: measure it eager
@@ -171,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                 pipeline.uncompile(model)
                 return time_variant(model, cond, uncond, args.device, False, args.reps)
 
-        record("fp8_sage", run_guarded(rec, "fp8_sage", fp8_sage))
+        record(f"{fp8_name}_sage", run_guarded(rec, f"{fp8_name}_sage", fp8_sage))
     elif "fp8_sage" in args.only:
         rec["fp8_sage_skipped"] = "sageattention (>= 2.1.1) not importable"
     common.write_part(part, rec)

@@ -2,7 +2,8 @@
 # Run benchmark parts on a GPU machine that has torch but no internet.
 #   benchmarks/run_gpu.sh dit        # DiT step, attention backends (FA4 if .whl_fa4*/ came), official WanModel, compile (~5 min)
 #   benchmarks/run_gpu.sh cp         # context parallelism, 1 vs 2 GPUs at 720p (needs 2 GPUs; ~6 min)
-#   benchmarks/run_gpu.sh presets    # FP8 linears (torchao), then + SageAttention 2 built from .sage2/ (~8 min)
+#   benchmarks/run_gpu.sh presets    # compiled FP8 linears (_scaled_mm candidate), then + SageAttention 2 built
+#                                    # from .sage2/ inside the compiled blocks (~8 min; torchao: benchmarks.presets)
 #   benchmarks/run_gpu.sh rest       # VAE decode, UMT5 encode, resume save, checkpoint load rate (~3 min)
 # Wheels missing there (diffusers, transformers, regex) travel in .whl/; the official model files in .official/.
 # Results merge into $BENCH_RESULTS (default benchmarks/results.json); logs and per-part JSON go beside it.
@@ -29,9 +30,11 @@ case "$part" in
         -w /tmp/sage_whl . && python3 -m pip install -q --no-deps --target /tmp/site /tmp/sage_whl/*.whl) \
       >"$out_dir/sage_build.log" 2>&1 &
     build=$!
-    timeout 330 python3 -m benchmarks.presets --only lossless,fp8 --save-ref /tmp/presets_ref.pt 2>&1 \
+    timeout 330 python3 -m benchmarks.presets --only lossless,fp8 --fp8-impl scaled_mm \
+      --save-ref /tmp/presets_ref.pt 2>&1 \
       | tee "$out_dir/presets.log"
-    wait "$build" && timeout 200 python3 -m benchmarks.presets --only fp8_sage --ref /tmp/presets_ref.pt 2>&1 \
+    wait "$build" && timeout 200 python3 -m benchmarks.presets --only fp8_sage --fp8-impl scaled_mm \
+      --ref /tmp/presets_ref.pt 2>&1 \
       | tee "$out_dir/presets_sage.log" ;;
   rest)
     timeout 240 python3 -m benchmarks.vae_text --text-cpu 2>&1 | tee "$out_dir/vae_text.log"

@@ -98,6 +98,25 @@ def test_presets_speedup_is_the_lossless_step_over_the_best_fp8_step():
     assert keys["fp8_speedup_720p"] == 1.5 and keys["fp8_speedup_720p_variant"] == "fp8_sage"
     assert keys["fp8_speedup_720p_linear_only"] == 1.2
     assert "fp8_speedup_720p" not in summarize({"lossless": {"median_s": 21.0}})
+    # The compile-friendly candidate's records compete for the best, under their own names.
+    rec["fp8_mm"] = {"median_s": 15.0, "vs_lossless": near}
+    rec["fp8_mm_sage"] = {"median_s": 12.0, "vs_lossless": near}
+    keys = summarize(rec)
+    assert keys["fp8_speedup_720p"] == 1.75 and keys["fp8_speedup_720p_variant"] == "fp8_mm_sage"
+    assert keys["fp8_speedup_720p_linear_only_scaled_mm"] == 1.4
+    assert keys["presets_720p_fp8_mm_step_s"] == 15.0
+
+
+def test_tiny_presets_run_with_the_scaled_mm_candidate(tmp_path, monkeypatch):
+    from benchmarks import presets
+
+    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path / "results.json"))
+    args = ["--tiny", "--device", "cpu", "--only", "lossless,fp8", "--fp8-impl", "scaled_mm"]
+    assert presets.main(args) == 0
+    record = json.loads((tmp_path / "presets.json").read_text())
+    assert "fp8" not in record and record["fp8_layers"] > 0
+    assert record["fp8_mm"]["vs_lossless"]["finite"] and 0 < record["fp8_mm"]["vs_lossless"]["rel_l2"] < 0.3
+    assert json.loads((tmp_path / "results.json").read_text())["presets_720p_fp8_mm_step_s"] > 0
 
 
 def test_tiny_presets_run_saves_a_reference_the_second_process_compares_against(tmp_path, monkeypatch):
