@@ -31,6 +31,13 @@ def tiny_pipeline(tiny_model_dir: Path):
     return load_pipeline(tiny_model_dir, plan=plan, device="cpu")
 
 
+def make_plan(offload: str, text_encoder_device: str = "cpu"):
+    """An offload plan as choose_plan returns it, for tests that pick the mode themselves."""
+    from worker.offload import OffloadPlan
+
+    return OffloadPlan(offload, text_encoder_device, False, "test")
+
+
 def make_item(**overrides) -> SpecItem:
     fields = dict(
         id="p0000",

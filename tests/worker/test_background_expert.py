@@ -8,16 +8,11 @@ import numpy as np
 import pytest
 import torch
 from worker import experts
-from worker.offload import OffloadPlan
 from worker.pipeline import generate, load_pipeline
 
-from tests.worker.conftest import make_item
+from tests.worker.conftest import make_item, make_plan
 
 HIGH_NOISE_STEPS = 4  # of 6 at the A14B boundary and shift (see test_presets_and_swap)
-
-
-def _resident_plan() -> OffloadPlan:
-    return OffloadPlan("none", "gpu", False, "test")
 
 
 @pytest.fixture
@@ -39,7 +34,7 @@ def gate(monkeypatch):
 
 def test_high_noise_steps_run_before_the_low_noise_expert_has_loaded(tiny_model_dir, tiny_pipeline, gate):
     opened, state = gate
-    loaded = load_pipeline(tiny_model_dir, plan=_resident_plan(), device="cpu")
+    loaded = load_pipeline(tiny_model_dir, plan=make_plan("none", "gpu"), device="cpu")
     # load_pipeline returned without the low-noise expert; its load starts after the first step.
     assert loaded.pipe.transformer is not None and loaded.pipe.transformer_2 is None
     assert list(loaded.deferred) == ["transformer_2"] and state["names"] == []
@@ -66,7 +61,7 @@ def test_high_noise_steps_run_before_the_low_noise_expert_has_loaded(tiny_model_
 def test_a_failed_background_load_fails_each_item_that_needs_the_expert(tiny_model_dir, gate):
     opened, state = gate
     state["error"] = OSError("transformer_2/diffusion_pytorch_model.safetensors: read error")
-    loaded = load_pipeline(tiny_model_dir, plan=_resident_plan(), device="cpu")
+    loaded = load_pipeline(tiny_model_dir, plan=make_plan("none", "gpu"), device="cpu")
     opened.set()
     seen = []
     for _ in range(2):  # the next item meets the same error, not a missing expert
@@ -80,7 +75,7 @@ def test_a_failed_background_load_fails_each_item_that_needs_the_expert(tiny_mod
 
 def test_finish_loading_waits_for_both_experts(tiny_model_dir, gate):
     opened, _ = gate
-    loaded = load_pipeline(tiny_model_dir, plan=_resident_plan(), device="cpu")
+    loaded = load_pipeline(tiny_model_dir, plan=make_plan("none", "gpu"), device="cpu")
     threading.Timer(0.2, opened.set).start()
     loaded.finish_loading()
     assert loaded.loading == {}

@@ -10,20 +10,16 @@ import numpy as np
 import pytest
 import torch
 from worker import presets
-from worker.offload import GiB, OffloadPlan, choose_plan
+from worker.offload import GiB, choose_plan
 from worker.pipeline import generate, load_pipeline, pick_compile
 from worker.settings import Settings
 
-from tests.worker.conftest import make_item
-
-
-def _plan(offload: str, text_encoder_device: str = "cpu") -> OffloadPlan:
-    return OffloadPlan(offload, text_encoder_device, False, "test")
+from tests.worker.conftest import make_item, make_plan
 
 
 @pytest.fixture(scope="module")
 def swap_pipeline(tiny_model_dir):
-    return load_pipeline(tiny_model_dir, plan=_plan("swap"), device="cpu")
+    return load_pipeline(tiny_model_dir, plan=make_plan("swap"), device="cpu")
 
 
 def test_swapped_experts_give_the_same_frames_as_resident_ones(tiny_pipeline, swap_pipeline):
@@ -83,7 +79,7 @@ def test_the_presets_are_off_by_default_and_validated():
 
 def test_fp8_is_refused_on_a_cpu_before_anything_loads(tiny_model_dir):
     with pytest.raises(ValueError, match="QUANTIZATION=fp8 needs an NVIDIA GPU"):
-        load_pipeline(tiny_model_dir, plan=_plan("none"), device="cpu", quantization="fp8")
+        load_pipeline(tiny_model_dir, plan=make_plan("none"), device="cpu", quantization="fp8")
 
 
 def test_fp8_targets_only_the_blocks_linear_layers(tiny_pipeline):
@@ -104,7 +100,8 @@ def test_taylorseer_runs_the_network_on_18_of_40_steps_at_the_a14b_split():
 
 
 def test_step_cache_skips_blocks_and_changes_the_frames_a_little(tiny_model_dir, tiny_pipeline):
-    cached = load_pipeline(tiny_model_dir, plan=_plan("none", "gpu"), device="cpu", step_cache="taylorseer")
+    plan = make_plan("none", "gpu")
+    cached = load_pipeline(tiny_model_dir, plan=plan, device="cpu", step_cache="taylorseer")
     ffn_calls, experts = [], []
     # The FFN inside block 0 runs only when the block really computes (a cached step skips the block).
     handle = cached.pipe.transformer.blocks[0].ffn.register_forward_pre_hook(lambda m, a: ffn_calls.append(1))
@@ -124,14 +121,14 @@ def test_step_cache_skips_blocks_and_changes_the_frames_a_little(tiny_model_dir,
 
 
 def test_compile_stays_off_under_a_step_cache():
-    assert pick_compile("regional", "cuda", _plan("none", "gpu"), step_cache="taylorseer") == "none"
-    assert pick_compile("regional", "cuda", _plan("none", "gpu")) == "regional"
+    assert pick_compile("regional", "cuda", make_plan("none", "gpu"), step_cache="taylorseer") == "none"
+    assert pick_compile("regional", "cuda", make_plan("none", "gpu")) == "regional"
 
 
 def test_fp8_renders_eager_under_compile_auto():
     # Compiling the FP8 blocks did not finish in minutes on the H200 (BENCHMARKS.md): auto stays eager.
-    assert pick_compile("auto", "cuda", _plan("none", "gpu"), quantization="fp8") == "none"
-    assert pick_compile("regional", "cuda", _plan("none", "gpu"), quantization="fp8") == "regional"
+    assert pick_compile("auto", "cuda", make_plan("none", "gpu"), quantization="fp8") == "none"
+    assert pick_compile("regional", "cuda", make_plan("none", "gpu"), quantization="fp8") == "regional"
 
 
 def test_compile_caches_go_beside_the_model_unless_set(monkeypatch, tmp_path):

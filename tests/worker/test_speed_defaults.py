@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from worker.offload import GiB, OffloadPlan, choose_plan, gpu_memory_fraction
+from worker.offload import GiB, choose_plan, gpu_memory_fraction
 from worker.pipeline import COMPILE_MODES, LoadedPipeline, pick_compile, run_expert, uncompile
 from worker.settings import Settings
 
+from tests.worker.conftest import make_plan
 from wanbatch.errors import SpecError
 
-NONE = OffloadPlan("none", "gpu", False, "test")
+NONE = make_plan("none", "gpu")
 
 
 @pytest.mark.parametrize(
@@ -27,7 +28,7 @@ NONE = OffloadPlan("none", "gpu", False, "test")
     ],
 )
 def test_pick_compile(requested, device, offload, expected):
-    plan = OffloadPlan(offload, "gpu", False, "test")
+    plan = make_plan(offload, "gpu")
     assert pick_compile(requested, device, plan) == expected
 
 
