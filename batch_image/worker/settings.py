@@ -8,10 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wanbatch.errors import SpecError
-from wanbatch.worker_options import ATTENTION_BACKENDS
-from worker.offload import OFFLOAD_MODES, TEXT_ENCODER_DEVICES
+from wanbatch.worker_options import (
+    ATTENTION_BACKENDS,
+    OFFLOAD_MODES,
+    QUANTIZATION_MODES,
+    STEP_CACHES,
+    TEXT_ENCODER_DEVICES,
+)
 from worker.pipeline import COMPILE_MODES
-from worker.presets import QUANTIZATION_MODES, STEP_CACHES
 
 
 @dataclass(frozen=True)
