@@ -233,7 +233,6 @@ def _load_components(model_dir: Path, loaded: LoadedPipeline, plan: OffloadPlan)
     from diffusers import AutoencoderKLWan, WanPipeline
 
     device = loaded.device
-    vae = AutoencoderKLWan.from_pretrained(model_dir, subfolder="vae", dtype=VAE_DTYPE)
     components: dict[str, Any] = {}
     if plan.offload == "swap":
         components = {name: None for name in EXPERTS}  # loaded one at a time by ExpertSwap
@@ -245,6 +244,7 @@ def _load_components(model_dir: Path, loaded: LoadedPipeline, plan: OffloadPlan)
         components = {"transformer": load_expert(model_dir, "transformer", device), "transformer_2": None}
         if plan.text_encoder_device == "gpu":
             components["text_encoder"] = load_text_encoder(model_dir, device)  # no stop in host memory
+    vae = AutoencoderKLWan.from_pretrained(model_dir, subfolder="vae", dtype=VAE_DTYPE)
     pipe = WanPipeline.from_pretrained(model_dir, vae=vae, dtype=TRANSFORMER_DTYPE, **components)
     pipe.set_progress_bar_config(disable=True)
     loaded.pipe = pipe
