@@ -113,6 +113,13 @@ def use_backend(model: torch.nn.Module, backend: str) -> None:
     common.worker_module("attention").use_attention_backend(model, backend)
 
 
+def use_picked_backend(model: torch.nn.Module, requested: str, device: str) -> str:
+    """What the worker's ATTENTION_BACKEND=`requested` picks on `device`, applied to `model`; its name."""
+    backend = common.worker_module("attention").pick_attention_backend(requested, device)
+    use_backend(model, backend)
+    return backend
+
+
 def reset_backend(model: torch.nn.Module) -> None:
     # reset_attention_backend() leaves diffusers' global active backend set: name the default.
     model.set_attention_backend("native")
@@ -304,10 +311,7 @@ def compile_phase(
     """Regional compile of the 40 repeated blocks with the attention kernel the worker picks (`auto`);
     the first call's time includes compiling for this shape."""
     if not getattr(model, "_bench_compiled", False):
-        picker = common.worker_module("attention").pick_attention_backend
-        attention = picker(args.compile_attention, args.device)
-        use_backend(model, attention)
-        rec["compile_attention"] = attention
+        rec["compile_attention"] = use_picked_backend(model, args.compile_attention, args.device)
         model.compile_repeated_blocks(fullgraph=True, dynamic=False)
         model._bench_compiled = True
     inputs = make_inputs(size, 1, args.device, args.tiny)
@@ -335,7 +339,7 @@ def accuracy_phase(size: str, args: argparse.Namespace) -> dict[str, Any]:
         outs[f"eager_{backend.lstrip('_')}"] = forward_ours(model, inputs).float().cpu()
         reset_backend(model)
     # Compiled as the worker runs it: regional compile with the attention `auto` picks here.
-    use_backend(model, common.worker_module("attention").pick_attention_backend("auto", args.device))
+    use_picked_backend(model, "auto", args.device)
     model.compile_repeated_blocks(fullgraph=True, dynamic=False)
     forward_ours(model, inputs)  # compile
     outs["compiled_default"] = forward_ours(model, inputs).float().cpu()

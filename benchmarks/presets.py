@@ -121,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     presets, pipeline = common.worker_module("presets"), common.worker_module("pipeline")
     rec: dict[str, Any] = {"facts": common.machine_facts(), "size": args.size, "args": vars(args)}
     model = dit.build_ours(args.device, args.tiny)
-    rec["attention"] = common.worker_module("attention").pick_attention_backend("auto", args.device)
-    dit.use_backend(model, rec["attention"])
+    rec["attention"] = dit.use_picked_backend(model, "auto", args.device)
     cond = dit.make_inputs(args.size, 1, args.device, args.tiny, seed=0)
     _, _, uncond_context = dit.make_inputs(args.size, 1, args.device, args.tiny, seed=1)
     uncond = (cond[0], cond[1], uncond_context)
