@@ -18,6 +18,8 @@ source benchmarks/gpu_env.sh
 # PyAV's wheel does not fit beside the others in one transfer; a small stand-in reads the MP4 instead.
 python3 -c "import av" 2>/dev/null || export PYTHONPATH="$PWD/benchmarks/gpu_shims:$PYTHONPATH"
 export PYTHONPATH="$PWD/batch_image:$PWD:$PYTHONPATH"  # worker and wanbatch, as in the image
+# ... and without the packages the image lacks (peft: diffusers imports it when present, ~2.6 s).
+export PYTHONPATH="$PWD/benchmarks/image_only:$PYTHONPATH"
 export BENCH_RESULTS="${BENCH_RESULTS:-$PWD/benchmarks/results.json}" PYTHONUNBUFFERED=1
 out_dir="$(dirname "$BENCH_RESULTS")"
 mkdir -p "$out_dir"
