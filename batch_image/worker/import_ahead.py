@@ -17,7 +17,7 @@ import threading
 log = logging.getLogger(__name__)
 
 FA4_MODULES = ("worker.fa4_compat",)  # flash_attn.cute and the CuTe DSL (~2.8 s)
-# torch.compile imports the first at `compile_repeated_blocks` (~1.3 s), the second at the first call (~2.7 s).
+# torch.compile imports the first at `compile_repeated_blocks` (~1.3 s), the second at its first call (~2.7 s)
 COMPILE_MODULES = ("torch._dynamo.repro.after_dynamo", "torch._inductor.compile_fx")
 
 

@@ -220,7 +220,7 @@ def load_pipeline(
         step_cache=step_cache,
         transformer_config=expert_config(model_dir),  # imports diffusers (and torch._dynamo with it)
     )
-    # After diffusers' import: the thread's packages then share none being imported here (worker.import_ahead).
+    # After diffusers' import: the thread then imports no package this thread is importing (import_ahead).
     importing = import_ahead(modules_to_import(backend, compile_mode))
     with MODEL_LOADING:  # a background load still running from an earlier call finishes first
         _load_components(model_dir, loaded, plan)

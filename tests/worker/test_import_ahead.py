@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 import pytest
-
 from worker import attention
 from worker.import_ahead import COMPILE_MODULES, FA4_MODULES, import_ahead, modules_to_import
 
