@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-from pathlib import Path
 
 import torch
 
@@ -23,23 +22,10 @@ FA4_CAPABILITIES = (9, 10)  # torch's FA4 registration serves sm90 and sm100 onl
 
 
 def _installed(module: str) -> bool:
-    """Whether `module` is there to import, found without importing it or its parent packages.
-
-    `find_spec("flash_attn.cute.interface")` would import `flash_attn.cute` (~3 s of CuTe DSL start-up) on
-    the main thread, before the load, instead of in worker.import_ahead's thread beside it.
-    """
-    top, _, rest = module.partition(".")
     try:
-        spec = importlib.util.find_spec(top)
-    except (ImportError, ValueError):
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
         return False
-    if spec is None or not rest:
-        return spec is not None
-    path = Path(*rest.split("."))
-    return any(
-        (Path(root) / path).with_suffix(".py").is_file() or (Path(root) / path / "__init__.py").is_file()
-        for root in spec.submodule_search_locations or ()
-    )
 
 
 def fa4_installed() -> bool:

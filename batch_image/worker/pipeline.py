@@ -30,7 +30,6 @@ from worker.experts import (
     load_expert,
     load_expert_in_background,
 )
-from worker.import_ahead import import_ahead, modules_to_import
 from worker.offload import OffloadPlan, apply_plan, gpu_memory_fraction
 from worker.presets import apply_fp8, apply_step_cache, check_quantization, check_step_cache
 from worker.progress import emit
@@ -218,13 +217,10 @@ def load_pipeline(
         compile_fallback=compile == "auto",
         quantization=quantization,
         step_cache=step_cache,
-        transformer_config=expert_config(model_dir),  # imports diffusers (and torch._dynamo with it)
+        transformer_config=expert_config(model_dir),
     )
-    # After diffusers' import: the thread then imports no package this thread is importing (import_ahead).
-    importing = import_ahead(modules_to_import(backend, compile_mode))
     with MODEL_LOADING:  # a background load still running from an earlier call finishes first
         _load_components(model_dir, loaded, plan)
-    importing.join()
     if plan.offload == "none":
         loaded.deferred["transformer_2"] = functools.partial(
             load_expert_in_background, model_dir, "transformer_2", device
