@@ -1,16 +1,12 @@
-"""Fast-preset pieces that compile with the transformer blocks: candidates for worker.presets, measured by
-benchmarks.presets (`--fp8-impl scaled_mm`, and `fp8_sage`) before anything moves into the worker.
+"""Fast-preset pieces measured by benchmarks.presets beside the worker's own FP8 (worker.fp8_linear).
 
-Why: on the H200 (torch 2.11, torchao 0.18) the worker's torchao FP8 gained nothing eager and did not finish
-compiling in 4.5 min, and SageAttention's kernels broke fullgraph compile (they call torch.cuda.set_device),
-so its FP8 step ran eager (BENCHMARKS.md, "Fast presets").
-
-- `Float8RowwiseLinear`: the computation of torchao's `Float8DynamicActivationFloat8WeightConfig(PerRow())`
-  in plain ops: e4m3 weights with one scale per output row (quantized once), e4m3 activations with one scale
-  per token (each call), one `torch._scaled_mm` with a bf16 result. Inductor fuses the activation scaling
-  into the block's own kernels.
+- `apply_torchao_fp8`: torchao's `Float8DynamicActivationFloat8WeightConfig(PerRow())`, what QUANTIZATION=fp8
+  ran before worker.fp8_linear (`--fp8-impl torchao`; on the H200 it gained nothing eager and did not finish
+  compiling in 4.5 min: BENCHMARKS.md, "Fast presets").
 - `sage_attention`: SageAttention 2 as a `torch.library` custom op, opaque to dynamo, so a compiled block
-  keeps it in its graph; `route_attention_to_sage` points the Wan blocks' attention calls at it.
+  keeps it in its graph (its kernels call torch.cuda.set_device, which breaks a fullgraph trace);
+  `route_attention_to_sage` points the Wan blocks' attention calls at it. Not in the job image (no wheel:
+  built from source with the GPU machine's nvcc by run_gpu.sh presets).
 """
 
 from __future__ import annotations
@@ -19,44 +15,16 @@ from collections.abc import Callable
 
 import torch
 
-E4M3 = torch.float8_e4m3fn
-E4M3_MAX = torch.finfo(E4M3).max  # 448
 SAGE_OP = "wanbench::sage_attention"
 
 
-def quantize_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """e4m3 values and each row's fp32 scale (row amax / 448), so that `t ~= values * scale`."""
-    scale = t.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12) / E4M3_MAX
-    return (t.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), scale
+def apply_torchao_fp8(model: torch.nn.Module, is_target: Callable[[torch.nn.Module, str], bool]) -> int:
+    """torchao's dynamic e4m3 FP8 with per-row scales on the linear layers `is_target` accepts; the count."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
-
-class Float8RowwiseLinear(torch.nn.Module):
-    """An nn.Linear with e4m3 weights and activations, per-row scales, one `_scaled_mm` per call."""
-
-    def __init__(self, linear: torch.nn.Linear):
-        super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        weight, scale = quantize_rows(linear.weight.detach())
-        self.register_buffer("weight", weight)  # (out, in); passed transposed: the column-major operand
-        self.register_buffer("weight_scale", scale.t().contiguous())  # (1, out)
-        self.bias = linear.bias
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        values, scale = quantize_rows(x.reshape(-1, self.in_features))
-        weight, weight_scale = self.weight.t(), self.weight_scale
-        out = torch._scaled_mm(
-            values, weight, scale_a=scale, scale_b=weight_scale, bias=self.bias, out_dtype=x.dtype
-        )
-        return out.reshape(*x.shape[:-1], self.out_features)
-
-
-def swap_fp8_linears(model: torch.nn.Module, is_target: Callable[[torch.nn.Module, str], bool]) -> int:
-    """Replace every linear layer `is_target` accepts (worker.presets.is_fp8_target) in place; the count."""
-    targets = [(name, module) for name, module in model.named_modules() if is_target(module, name)]
-    for name, module in targets:
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, Float8RowwiseLinear(module))
-    return len(targets)
+    targets = sum(1 for name, module in model.named_modules() if is_target(module, name))
+    quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=is_target)
+    return targets
 
 
 @torch.library.custom_op(SAGE_OP, mutates_args=())

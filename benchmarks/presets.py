@@ -6,14 +6,13 @@
 Variants, in this order on one model (FP8 quantizes it in place):
   lossless   regional compile, the attention the worker's `auto` picks (FA4 on sm90 with flash-attn-4,
              else SDPA): the worker's default
-  fp8        + FP8 linear layers (worker.presets.apply_fp8: torchao dynamic e4m3, per-row scales), compiled,
-             same attention (what QUANTIZATION=fp8 runs)
+  fp8        + FP8 linear layers (worker.presets.apply_fp8: dynamic e4m3, per-row scales, one
+             `torch._scaled_mm` per layer), compiled, same attention (what QUANTIZATION=fp8 runs)
   fp8_sage   + SageAttention 2 (INT8 QK, FP8 PV; `sageattn`, which picks the sm90 kernel there) as a custom op
              inside the compiled blocks (benchmarks.fp8_candidates), when `sageattention>=2.1.1` imports
              (built from source on the GPU machine: run_gpu.sh presets)
-`--fp8-impl scaled_mm` swaps the worker's torchao FP8 for the compile-friendly candidate
-(benchmarks.fp8_candidates.Float8RowwiseLinear: the same per-row e4m3 arithmetic, one `torch._scaled_mm`);
-its variants are recorded as `fp8_mm` and `fp8_mm_sage`.
+`--fp8-impl scaled_mm` (the worker's, worker.fp8_linear) records its variants as `fp8_mm` and `fp8_mm_sage`;
+`--fp8-impl torchao` measures torchao's layers instead (what the worker ran before), recorded as `fp8`.
 Each records the CFG step time, the first (compiling) call, peak memory and the distance of its output
 from the lossless one. diffusers decides at import whether Sage is usable, so `fp8_sage` runs in a second
 process once the build is done: the first saves the lossless output and time (`--save-ref`), the second
@@ -113,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--save-ref", type=Path, default=None, help="save the lossless output and time")
     parser.add_argument("--ref", type=Path, default=None, help="a --save-ref file: skip the lossless run")
-    parser.add_argument("--fp8-impl", default="torchao", choices=sorted(FP8_IMPLS), help="FP8 linear layers")
+    parser.add_argument(
+        "--fp8-impl", default="scaled_mm", choices=sorted(FP8_IMPLS), help="FP8 linear layers"
+    )
     args = parser.parse_args(argv)
     fp8_name = FP8_IMPLS[args.fp8_impl]
     started = time.time()
@@ -153,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def quantize() -> int:
         pipeline.uncompile(model)  # quantize the plain modules; time_variant compiles them again
-        if args.fp8_impl == "scaled_mm":
-            return fp8_candidates.swap_fp8_linears(model, presets.is_fp8_target)
+        if args.fp8_impl == "torchao":
+            return fp8_candidates.apply_torchao_fp8(model, presets.is_fp8_target)
         return presets.apply_fp8(model)
 
     if "fp8" in args.only:

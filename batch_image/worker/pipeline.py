@@ -141,9 +141,7 @@ class Render:
     timings: dict[str, Any] = field(default_factory=dict)
 
 
-def pick_compile(
-    requested: str, device: str, plan: OffloadPlan, step_cache: str = "none", quantization: str = "none"
-) -> str:
+def pick_compile(requested: str, device: str, plan: OffloadPlan, step_cache: str = "none") -> str:
     """`regional` or `none`: what COMPILE means on this device with this offload plan and presets."""
     if requested not in COMPILE_MODES:
         raise ValueError(f"COMPILE must be one of {', '.join(COMPILE_MODES)}, got {requested!r}")
@@ -152,9 +150,6 @@ def pick_compile(
     if step_cache != "none":
         # The cache's hooks wrap each block with Python state (a graph break a fullgraph compile refuses);
         # on cached steps the blocks do not run at all, so there is little left to compile.
-        return "none"
-    if quantization != "none" and requested == "auto":
-        # Measured on the H200 (torch 2.11, torchao 0.18): compiling the FP8 blocks did not finish in 4.5 min.
         return "none"
     if plan.offload in ("group", "sequential"):
         # Their hooks stream weights inside each block, which a fullgraph compile cannot trace, and the
@@ -197,7 +192,7 @@ def load_pipeline(
     diffusers_logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    compile_mode = pick_compile(compile, device, plan, step_cache, quantization)  # validate first
+    compile_mode = pick_compile(compile, device, plan, step_cache)  # validate first
     check_quantization(quantization, device)
     check_step_cache(step_cache)
     fraction = gpu_memory_fraction()

@@ -1,4 +1,5 @@
-"""Fast presets, off by default: FP8 linears (QUANTIZATION=fp8) and step caching (STEP_CACHE=taylorseer).
+"""Fast presets, off by default: FP8 linears (QUANTIZATION=fp8, worker.fp8_linear) and step caching
+(STEP_CACHE=taylorseer).
 
 Both change the frames (a quality trade-off, measured in BENCHMARKS.md) and are recorded in the manifest, so
 a reproduction sets them again. Neither is on by default: the defaults stay the fastest lossless settings.
@@ -11,6 +12,7 @@ import re
 import torch
 
 from wanbatch.worker_options import QUANTIZATION_MODES, STEP_CACHES
+from worker.fp8_linear import swap_fp8_linears
 
 FP8_MIN_CAPABILITY = (8, 9)  # FP8 tensor cores: Ada (L40S, sm89) and Hopper (H100, sm90) on
 
@@ -28,7 +30,7 @@ TAYLORSEER_WARMUP_STEPS = 3
 
 
 def check_quantization(mode: str, device: str) -> None:
-    """Refuse FP8 where it cannot run, before the slow load (clear error instead of a torchao assert)."""
+    """Refuse FP8 where it cannot run, before the slow load (clear error instead of a `_scaled_mm` one)."""
     if mode not in QUANTIZATION_MODES:
         raise ValueError(f"QUANTIZATION must be one of {', '.join(QUANTIZATION_MODES)}, got {mode!r}")
     if mode == "none":
@@ -44,7 +46,7 @@ def check_quantization(mode: str, device: str) -> None:
 
 
 def is_fp8_target(module: torch.nn.Module, name: str) -> bool:
-    """torchao filter: a block's linear layer whose shapes FP8 matmuls accept (multiples of 16)."""
+    """A block's linear layer whose shapes FP8 matmuls accept (multiples of 16)."""
     return (
         isinstance(module, torch.nn.Linear)
         and bool(_FP8_MODULE.fullmatch(name))
@@ -54,13 +56,8 @@ def is_fp8_target(module: torch.nn.Module, name: str) -> bool:
 
 
 def apply_fp8(expert: torch.nn.Module) -> int:
-    """Dynamic FP8 (e4m3) activations and weights with per-row scales on the blocks' linears (torchao)."""
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
-
-    targets = sum(1 for name, module in expert.named_modules() if is_fp8_target(module, name))
-    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
-    quantize_(expert, config, filter_fn=is_fp8_target)
-    return targets
+    """Dynamic FP8 (e4m3) activations and weights with per-row scales on the blocks' linears; the count."""
+    return swap_fp8_linears(expert, is_fp8_target)
 
 
 def check_step_cache(mode: str) -> None:

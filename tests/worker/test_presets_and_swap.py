@@ -125,12 +125,6 @@ def test_compile_stays_off_under_a_step_cache():
     assert pick_compile("regional", "cuda", make_plan("none", "gpu")) == "regional"
 
 
-def test_fp8_renders_eager_under_compile_auto():
-    # Compiling the FP8 blocks did not finish in minutes on the H200 (BENCHMARKS.md): auto stays eager.
-    assert pick_compile("auto", "cuda", make_plan("none", "gpu"), quantization="fp8") == "none"
-    assert pick_compile("regional", "cuda", make_plan("none", "gpu"), quantization="fp8") == "regional"
-
-
 def test_compile_caches_go_beside_the_model_unless_set(monkeypatch, tmp_path):
     from worker.pipeline import configure_compile_cache
 

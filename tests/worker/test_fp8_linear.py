@@ -1,4 +1,4 @@
-"""The compile-friendly FP8 linear and the SageAttention custom op (benchmarks.fp8_candidates), on the CPU."""
+"""QUANTIZATION=fp8's linear layers (worker.fp8_linear) and the benchmark's Sage custom op, on the CPU."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
+from worker import fp8_linear, presets
+from worker.fp8_linear import Float8RowwiseLinear, quantize_rows
 
-from benchmarks import common, dit, fp8_candidates
-from benchmarks.fp8_candidates import Float8RowwiseLinear, quantize_rows
+from benchmarks import dit, fp8_candidates
 
 
 def _rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -21,7 +22,7 @@ def test_rows_quantize_to_e4m3_within_its_precision():
     t = torch.randn(8, 64) * torch.logspace(-3, 3, 8).unsqueeze(1)  # rows of very different magnitude
     values, scale = quantize_rows(t)
     assert values.dtype == torch.float8_e4m3fn and scale.shape == (8, 1)
-    assert float(values.float().abs().amax()) == fp8_candidates.E4M3_MAX  # each row's amax maps to 448
+    assert float(values.float().abs().amax()) == fp8_linear.E4M3_MAX  # each row's amax maps to 448
     assert _rel_l2(values.float() * scale, t) < 0.05  # 3 mantissa bits: ~2-4 % per element
 
 
@@ -47,14 +48,13 @@ def test_fp8_linear_traces_in_one_graph():
         assert torch.equal(compiled(x), linear(x))
 
 
-def test_swap_replaces_exactly_the_worker_preset_targets():
-    presets = common.worker_module("presets")
+def test_apply_fp8_replaces_exactly_the_preset_targets():
     model = dit.build_ours("cpu", tiny=True)
     inputs = dit.make_inputs("480p", 1, "cpu", tiny=True)
     with torch.no_grad():
         ref = dit.forward_ours(model, inputs)
     wanted = [name for name, module in model.named_modules() if presets.is_fp8_target(module, name)]
-    assert fp8_candidates.swap_fp8_linears(model, presets.is_fp8_target) == len(wanted) > 0
+    assert presets.apply_fp8(model) == len(wanted) > 0
     swapped = {name for name, module in model.named_modules() if isinstance(module, Float8RowwiseLinear)}
     assert swapped == set(wanted)
     assert isinstance(model.proj_out, torch.nn.Linear)  # outside the blocks: stays bf16
