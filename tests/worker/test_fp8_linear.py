@@ -62,6 +62,18 @@ def test_apply_fp8_replaces_exactly_the_preset_targets():
         assert _rel_l2(dit.forward_ours(model, inputs), ref) < 0.2
 
 
+def test_fp8_blocks_compile_whole_as_compile_auto_does():
+    # QUANTIZATION=fp8 no longer turns COMPILE=auto off: the FP8 blocks must trace without a graph break.
+    model = dit.build_ours("cpu", tiny=True)
+    inputs = dit.make_inputs("480p", 1, "cpu", tiny=True)
+    presets.apply_fp8(model)
+    with torch.no_grad():
+        eager = dit.forward_ours(model, inputs)
+        model.compile_repeated_blocks(fullgraph=True, backend="aot_eager")  # a graph break would raise
+        compiled = dit.forward_ours(model, inputs)
+    assert torch.equal(compiled, eager)
+
+
 @pytest.fixture
 def fake_sage(monkeypatch):
     """A stand-in `sageattention` (exact SDPA, NHD layout) recording the calls it gets."""
