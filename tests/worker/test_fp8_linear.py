@@ -1,21 +1,29 @@
-"""QUANTIZATION=fp8's linear layers (worker.fp8_linear) and the benchmark's Sage custom op, on the CPU."""
+"""QUANTIZATION=fp8's linear layers (worker.fp8_linear), on the CPU with the tiny Wan2.2-shaped expert."""
 
 from __future__ import annotations
 
-import sys
-import types
-
-import pytest
 import torch
-import torch.nn.functional as F
 from worker import fp8_linear, presets
+from worker.experts import load_expert
 from worker.fp8_linear import Float8RowwiseLinear, quantize_rows
-
-from benchmarks import dit, fp8_candidates
 
 
 def _rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out.detach().float() - ref.detach().float()).norm() / ref.detach().float().norm())
+
+
+def _forward(expert: torch.nn.Module) -> torch.Tensor:
+    """One forward of the tiny expert on fixed random inputs (latents 2 x 8 x 8, 16 text tokens)."""
+    gen = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, expert.config.in_channels, 2, 8, 8, generator=gen).to(torch.bfloat16)
+    context = torch.randn(1, 16, expert.config.text_dim, generator=gen).to(torch.bfloat16)
+    with torch.no_grad():
+        return expert(
+            hidden_states=latents,
+            timestep=torch.tensor([999.0]),
+            encoder_hidden_states=context,
+            return_dict=False,
+        )[0]
 
 
 def test_rows_quantize_to_e4m3_within_its_precision():
@@ -48,59 +56,21 @@ def test_fp8_linear_traces_in_one_graph():
         assert torch.equal(compiled(x), linear(x))
 
 
-def test_apply_fp8_replaces_exactly_the_preset_targets():
-    model = dit.build_ours("cpu", tiny=True)
-    inputs = dit.make_inputs("480p", 1, "cpu", tiny=True)
-    with torch.no_grad():
-        ref = dit.forward_ours(model, inputs)
-    wanted = [name for name, module in model.named_modules() if presets.is_fp8_target(module, name)]
-    assert presets.apply_fp8(model) == len(wanted) > 0
-    swapped = {name for name, module in model.named_modules() if isinstance(module, Float8RowwiseLinear)}
+def test_apply_fp8_replaces_exactly_the_preset_targets(tiny_model_dir):
+    expert = load_expert(tiny_model_dir, "transformer", "cpu")
+    ref = _forward(expert)
+    wanted = [name for name, module in expert.named_modules() if presets.is_fp8_target(module, name)]
+    assert presets.apply_fp8(expert) == len(wanted) > 0
+    swapped = {name for name, module in expert.named_modules() if isinstance(module, Float8RowwiseLinear)}
     assert swapped == set(wanted)
-    assert isinstance(model.proj_out, torch.nn.Linear)  # outside the blocks: stays bf16
-    with torch.no_grad():
-        assert _rel_l2(dit.forward_ours(model, inputs), ref) < 0.2
+    assert isinstance(expert.proj_out, torch.nn.Linear)  # outside the blocks: stays bf16
+    assert _rel_l2(_forward(expert), ref) < 0.2
 
 
-def test_fp8_blocks_compile_whole_as_compile_auto_does():
+def test_fp8_blocks_compile_whole_as_compile_auto_does(tiny_model_dir):
     # QUANTIZATION=fp8 no longer turns COMPILE=auto off: the FP8 blocks must trace without a graph break.
-    model = dit.build_ours("cpu", tiny=True)
-    inputs = dit.make_inputs("480p", 1, "cpu", tiny=True)
-    presets.apply_fp8(model)
-    with torch.no_grad():
-        eager = dit.forward_ours(model, inputs)
-        model.compile_repeated_blocks(fullgraph=True, backend="aot_eager")  # a graph break would raise
-        compiled = dit.forward_ours(model, inputs)
-    assert torch.equal(compiled, eager)
-
-
-@pytest.fixture
-def fake_sage(monkeypatch):
-    """A stand-in `sageattention` (exact SDPA, NHD layout) recording the calls it gets."""
-    calls = []
-
-    def sageattn(q, k, v, tensor_layout, is_causal):
-        assert tensor_layout == "NHD" and not is_causal
-        calls.append((q.shape, k.shape))
-        return F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
-
-    monkeypatch.setitem(sys.modules, "sageattention", types.SimpleNamespace(sageattn=sageattn))
-    return calls
-
-
-def test_sage_op_stays_inside_a_fullgraph_compiled_block(fake_sage):
-    model = dit.build_ours("cpu", tiny=True)
-    inputs = dit.make_inputs("480p", 1, "cpu", tiny=True)
-    with torch.no_grad():
-        ref = dit.forward_ours(model, inputs)
-        undo = fp8_candidates.route_attention_to_sage()
-        try:
-            model.compile_repeated_blocks(fullgraph=True, backend="aot_eager")
-            out = dit.forward_ours(model, inputs)
-        finally:
-            undo()
-    assert len(fake_sage) == 2 * len(model.blocks)  # self- and cross-attention of every block
-    assert _rel_l2(out, ref) < 1e-2  # the stand-in is exact attention
-    from diffusers.models.transformers import transformer_wan
-
-    assert transformer_wan.dispatch_attention_fn.__name__ == "dispatch_attention_fn"  # undone
+    expert = load_expert(tiny_model_dir, "transformer", "cpu")
+    presets.apply_fp8(expert)
+    eager = _forward(expert)
+    expert.compile_repeated_blocks(fullgraph=True, backend="aot_eager")  # a graph break would raise
+    assert torch.equal(_forward(expert), eager)
