@@ -14,7 +14,7 @@ Variants, in this order on one model (FP8 quantizes it in place):
 `--fp8-impl scaled_mm` (the worker's, worker.fp8_linear) records its variants as `fp8_mm` and `fp8_mm_sage`;
 `--fp8-impl torchao` measures torchao's layers instead (what the worker ran before), recorded as `fp8`.
 Each records the CFG step time, the first (compiling) call, peak memory and the distance of its output
-from the lossless one. diffusers decides at import whether Sage is usable, so `fp8_sage` runs in a second
+from the lossless one. SageAttention is built while the first process runs, so `fp8_sage` runs in a second
 process once the build is done: the first saves the lossless output and time (`--save-ref`), the second
 loads them (`--ref`; same seed, same weights). `fp8_speedup_720p` = lossless step / best FP8 step,
 merged into results.json.

@@ -2,8 +2,8 @@
 # Run benchmark parts on a GPU machine that has torch but no internet.
 #   benchmarks/run_gpu.sh dit        # DiT step, attention backends (FA4 if .whl_fa4*/ came), official WanModel, compile (~5 min)
 #   benchmarks/run_gpu.sh cp         # context parallelism, 1 vs 2 GPUs at 720p (needs 2 GPUs; ~6 min)
-#   benchmarks/run_gpu.sh presets    # compiled FP8 linears (_scaled_mm candidate), then + SageAttention 2 built
-#                                    # from .sage2/ inside the compiled blocks (~8 min; torchao: benchmarks.presets)
+#   benchmarks/run_gpu.sh presets    # compiled FP8 linears (QUANTIZATION=fp8's), then + SageAttention 2 built
+#                                    # from .sage2/ inside the compiled blocks (~8 min; torchao's: --fp8-impl torchao)
 #   benchmarks/run_gpu.sh rest       # VAE decode, UMT5 encode, resume save, checkpoint load rate (~3 min)
 # Wheels missing there (diffusers, transformers, regex) travel in .whl/; the official model files in .official/.
 # Results merge into $BENCH_RESULTS (default benchmarks/results.json); logs and per-part JSON go beside it.
