@@ -1,6 +1,6 @@
 """Fast presets on the real A14B DiT (random bf16 weights), one CFG step at 720p, against the lossless one.
 
-    python -m benchmarks.presets                  # GPU machine, ~5 min
+    python -m benchmarks.presets                  # GPU machine, ~7 min
     python -m benchmarks.presets --tiny --device cpu --only lossless   # checks the code on a CPU
 
 Variants, in this order on one model (FP8 quantizes it in place):
@@ -8,17 +8,19 @@ Variants, in this order on one model (FP8 quantizes it in place):
              else SDPA): the worker's default
   fp8        + FP8 linear layers (worker.presets.apply_fp8: dynamic e4m3, per-row scales, one
              `torch._scaled_mm` per layer), compiled, same attention (what QUANTIZATION=fp8 runs)
+  fp8_cudnn  + cuDNN's FP8 flash attention (per-tensor e4m3 Q, K, V; benchmarks.fp8_candidates) inside the
+             compiled blocks, when the `nvidia-cudnn-frontend` wheel (`cudnn`) imports
   fp8_sage   + SageAttention 2 (INT8 QK, FP8 PV; `sageattn`, which picks the sm90 kernel there) as a custom op
-             inside the compiled blocks (benchmarks.fp8_candidates), when `sageattention>=2.1.1` imports
-             (built from source on the GPU machine: run_gpu.sh presets)
-`--fp8-impl scaled_mm` (the worker's, worker.fp8_linear) records its variants as `fp8_mm` and `fp8_mm_sage`;
-`--fp8-impl torchao` measures torchao's layers instead (what the worker ran before), recorded as `fp8`.
+             inside the compiled blocks, when `sageattention>=2.1.1` imports (built from source on the GPU
+             machine: run_gpu.sh presets_sage)
+`--fp8-impl scaled_mm` (the worker's, worker.fp8_linear) records its variants as `fp8_mm`, `fp8_mm_cudnn` and
+`fp8_mm_sage`; `--fp8-impl torchao` measures torchao's layers instead (what the worker ran before), as `fp8`.
 Each records the CFG step time, the first (compiling) call, peak memory and the distance of its output
-from the lossless one. SageAttention is built while the first process runs, so `fp8_sage` runs in a second
+from the lossless one. SageAttention is built while a first process runs, so `fp8_sage` runs in a second
 process once the build is done: the first saves the lossless output and time (`--save-ref`), the second
 loads them (`--ref`; same seed, same weights). `fp8_speedup_720p` = lossless step / best FP8 step,
 merged into results.json.
-The self-attention alone (SDPA vs Sage kernels) is timed too, in TFLOP/s of the bf16-equivalent work.
+The self-attention alone (SDPA vs the FP8/INT8 kernels) is timed too, in TFLOP/s of the bf16-equivalent work.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ import torch.nn.functional as F
 from benchmarks import common, dit, fp8_candidates
 from benchmarks.common import log, run_guarded
 
-VARIANTS = ("lossless", "fp8", "fp8_sage")
+VARIANTS = ("lossless", "fp8", "fp8_cudnn", "fp8_sage")
+# fast-attention variant -> (its fp8_candidates.route_attention name, the module it needs)
+FAST_ATTENTION = {"fp8_cudnn": ("cudnn_fp8", "cudnn"), "fp8_sage": ("sage", "sageattention")}
 FP8_IMPLS = {"torchao": "fp8", "scaled_mm": "fp8_mm"}  # implementation -> the name its records get
 
 
@@ -52,7 +56,7 @@ def time_variant(model, cond, uncond, device: str, compile: bool, reps: int) -> 
 
 
 def attention_micro(size: str, device: str, tiny: bool) -> dict[str, Any]:
-    """Self-attention at the full 720p sequence: SDPA (cuDNN) vs the Sage kernels, bf16-equivalent TFLOP/s."""
+    """Self-attention at the full sequence: SDPA vs the FP8/INT8 kernels, bf16-equivalent TFLOP/s."""
     cfg = dit.a14b_config(tiny)
     heads, hd, n = cfg["num_attention_heads"], cfg["attention_head_dim"], dit.seq_len(size, tiny)
     gen = torch.Generator(device=device).manual_seed(1)
@@ -68,13 +72,22 @@ def attention_micro(size: str, device: str, tiny: bool) -> dict[str, Any]:
         calls["sage_qk_int8_pv_fp8_cuda_sm90"] = lambda: sage.sageattn_qk_int8_pv_fp8_cuda_sm90(
             q, k, v, tensor_layout="HND"
         )
+    kernel_only = {}
+    if importlib.util.find_spec("cudnn"):
+        quantized = [t for pair in map(fp8_candidates.quantize_per_tensor, (q, k, v)) for t in pair]
+        calls["cudnn_fp8"] = lambda: fp8_candidates.cudnn_fp8_sdpa(q, k, v)  # eager quantize + kernel
+        compiled = torch.compile(fp8_candidates.cudnn_fp8_sdpa, fullgraph=True, dynamic=False)
+        calls["cudnn_fp8_compiled"] = lambda: compiled(q, k, v)
+        kernel_only["cudnn_fp8_kernel"] = lambda: fp8_candidates.cudnn_fp8_attention(
+            *quantized[0::2], *quantized[1::2]
+        )
     out: dict[str, Any] = {"seq_len": n}
-    for name, call in calls.items():
+    for name, call in {**calls, **kernel_only}.items():
 
-        def bench(call=call) -> dict[str, Any]:
+        def bench(name=name, call=call) -> dict[str, Any]:
             res = common.timed_runs(call, device, warmup=2, reps=3)
-            return {"median_s": res["median_s"], "tflops": flops / res["median_s"] / 1e12,
-                    **dit.compare(res.pop("out"), ref)}  # fmt: skip
+            error = {} if name in kernel_only else dit.compare(res["out"], ref)
+            return {"median_s": res["median_s"], "tflops": flops / res["median_s"] / 1e12, **error}
 
         out[name] = run_guarded(out, name, bench)
     return out
@@ -86,7 +99,7 @@ def summarize(rec: dict[str, Any]) -> dict[str, Any]:
         return {}
     keys: dict[str, Any] = {"presets_720p_lossless_step_s": round(lossless["median_s"], 3)}
     best = None
-    for name in ("fp8", "fp8_sage", "fp8_mm", "fp8_mm_sage"):
+    for name in ("fp8", "fp8_cudnn", "fp8_sage", "fp8_mm", "fp8_mm_cudnn", "fp8_mm_sage"):
         variant = rec.get(name)
         if variant:
             keys[f"presets_720p_{name}_step_s"] = round(variant["median_s"], 3)
@@ -169,25 +182,32 @@ def main(argv: list[str] | None = None) -> int:
             return time_variant(model, cond, uncond, args.device, compile, args.reps)
 
         record(fp8_name, run_guarded(rec, fp8_name, fp8))
-    if "fp8_sage" in args.only and importlib.util.find_spec("sageattention"):
+    fast = []  # the fast-attention variants asked for whose kernels import here
+    for name, (_, module) in FAST_ATTENTION.items():
+        if name in args.only and importlib.util.find_spec(module):
+            fast.append(name)
+        elif name in args.only:
+            rec[f"{name}_skipped"] = f"{module} not importable"
+    if fast:
         rec["attention_micro"] = run_guarded(rec, "attention_micro", lambda: attention_micro(
             args.size, args.device, args.tiny))  # fmt: skip
         log(f"attention: {rec['attention_micro']}")
+    for name in fast:
 
-        def fp8_sage() -> dict[str, Any]:
+        def fast_attention(name: str = name) -> dict[str, Any]:
             if "fp8_layers" not in rec:
                 rec["fp8_layers"] = quantize()
-            fp8_candidates.route_attention_to_sage()  # for the rest of this process
+            undo = fp8_candidates.route_attention(FAST_ATTENTION[name][0])
             try:
                 return time_variant(model, cond, uncond, args.device, compile, args.reps)
             except Exception as exc:  # noqa: BLE001 - a kernel that does not trace: measure it eager
-                rec["fp8_sage_compile_error"] = f"{type(exc).__name__}: {exc}"[:400]
+                rec[f"{name}_compile_error"] = f"{type(exc).__name__}: {exc}"[:400]
                 pipeline.uncompile(model)
                 return time_variant(model, cond, uncond, args.device, False, args.reps)
+            finally:
+                undo()
 
-        record(f"{fp8_name}_sage", run_guarded(rec, f"{fp8_name}_sage", fp8_sage))
-    elif "fp8_sage" in args.only:
-        rec["fp8_sage_skipped"] = "sageattention (>= 2.1.1) not importable"
+        record(fp8_name + name.removeprefix("fp8"), run_guarded(rec, name, fast_attention))
     common.write_part(part, rec)
     common.merge_results(summarize(rec))
     log(f"done in {time.time() - started:.0f} s; {summarize(rec)}; errors: {rec.get('errors', {})}")

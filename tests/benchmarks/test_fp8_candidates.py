@@ -1,7 +1,8 @@
-"""The benchmark's SageAttention custom op (benchmarks.fp8_candidates), on the CPU with a stand-in kernel."""
+"""The benchmark's attention custom ops (benchmarks.fp8_candidates), on the CPU with stand-in kernels."""
 
 from __future__ import annotations
 
+import importlib.machinery
 import sys
 import types
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks import dit, fp8_candidates
+from benchmarks import common, dit, fp8_candidates
 
 
 def _rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -26,7 +27,11 @@ def fake_sage(monkeypatch):
         calls.append((q.shape, k.shape))
         return F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
 
-    monkeypatch.setitem(sys.modules, "sageattention", types.SimpleNamespace(sageattn=sageattn))
+    module = types.ModuleType("sageattention")
+    # A spec, since diffusers asks importlib.util.find_spec whether sageattention is there.
+    module.__spec__ = importlib.machinery.ModuleSpec("sageattention", None)
+    module.sageattn = sageattn
+    monkeypatch.setitem(sys.modules, "sageattention", module)
     return calls
 
 
@@ -35,7 +40,7 @@ def test_sage_op_stays_inside_a_fullgraph_compiled_block(fake_sage):
     inputs = dit.make_inputs("480p", 1, "cpu", tiny=True)
     with torch.no_grad():
         ref = dit.forward_ours(model, inputs)
-        undo = fp8_candidates.route_attention_to_sage()
+        undo = fp8_candidates.route_attention("sage")
         try:
             model.compile_repeated_blocks(fullgraph=True, backend="aot_eager")
             out = dit.forward_ours(model, inputs)
@@ -46,3 +51,48 @@ def test_sage_op_stays_inside_a_fullgraph_compiled_block(fake_sage):
     from diffusers.models.transformers import transformer_wan
 
     assert transformer_wan.dispatch_attention_fn.__name__ == "dispatch_attention_fn"  # undone
+
+
+@pytest.fixture
+def fake_cudnn(monkeypatch):
+    """A stand-in for cuDNN's FP8 graph: exact attention on the dequantized inputs, O in e4m3 on V's scale."""
+    plans = []
+
+    def build(query, key, value):
+        plans.append((tuple(query.shape), tuple(key.shape)))
+
+        def run(query, key, value, descale_q, descale_k, descale_v, out):
+            q, k, v = (t.float() * s for t, s in ((query, descale_q), (key, descale_k), (value, descale_v)))
+            out.copy_((F.scaled_dot_product_attention(q, k, v) / descale_v).to(out.dtype))
+
+        return run
+
+    monkeypatch.setattr(fp8_candidates, "_build_cudnn_fp8_plan", build)
+    monkeypatch.setattr(fp8_candidates, "_CUDNN_PLANS", {})
+    return plans
+
+
+def test_quantize_per_tensor_puts_the_largest_magnitude_on_e4m3s_limit():
+    x = torch.randn(2, 3, 64, 16) * 7
+    x8, descale = fp8_candidates.quantize_per_tensor(x)
+    assert x8.dtype == torch.float8_e4m3fn and descale.shape == (1, 1, 1, 1)
+    assert float(x8.float().abs().max()) == fp8_candidates.E4M3_MAX
+    assert _rel_l2(x8.float() * descale, x) < 0.05  # 3 mantissa bits
+
+
+def test_cudnn_fp8_attention_compiles_inside_the_blocks_within_fp8_error(fake_cudnn):
+    model = dit.build_ours("cpu", tiny=True)
+    inputs = dit.make_inputs("480p", 1, "cpu", tiny=True)
+    with torch.no_grad():
+        ref = dit.forward_ours(model, inputs)
+        undo = fp8_candidates.route_attention("cudnn_fp8")
+        try:
+            model.compile_repeated_blocks(fullgraph=True, backend="aot_eager")
+            out = dit.forward_ours(model, inputs)
+        finally:
+            undo()
+    # One plan per shape, (batch, heads, length, head_dim): self-attention, and cross-attention to the text.
+    seq_len = dit.seq_len("480p", tiny=True)
+    assert sorted(key[2] for _, key in fake_cudnn) == sorted([seq_len, common.TEXT_LEN])
+    assert {query[2] for query, _ in fake_cudnn} == {seq_len}
+    assert 0 < _rel_l2(out, ref) < 0.1  # e4m3 Q, K, V and O: close, not exact
