@@ -1,7 +1,10 @@
 """The two A14B experts: loaded straight onto their device, and (OFFLOAD=swap) one at a time from disk.
 
 With OFFLOAD=none the low-noise expert is read in a background thread while the high-noise steps run
-(`load_expert_in_background`), instead of before the first step.
+(`load_expert_in_background`), instead of before the first step. Its files are read into the page cache
+with plain reads first (`read_into_page_cache`): diffusers maps them and copies each tensor to the GPU, and
+a copy whose pages still have to come from the disk stalls the loop's kernel launches until it is done
+(H200, 14.7 GB cold: the loop lost 11.1 s of an 11.4 s load; 1.9 s after the plain reads; BENCHMARKS.md).
 
 `swap` is for hosts with less memory than the model (a g6e.2xlarge has 64 GiB for 2 x 27 GiB experts plus
 a 12.6 GiB text encoder): the expert in use lives on the GPU only, the other stays on disk (page cache or
@@ -27,6 +30,7 @@ from worker.progress import emit
 
 EXPERTS = ("transformer", "transformer_2")  # high-noise, low-noise (diffusers' WanPipeline names)
 EXPERT_DTYPE = torch.bfloat16
+PAGE_CACHE_READ_BYTES = 16 << 20  # one plain read's size when warming the page cache
 # diffusers and transformers build a model's skeleton under accelerate's `init_empty_weights`, which swaps
 # `nn.Module.register_parameter` process-wide: two loads at once (one in a background thread) could put
 # each other's parameters on the meta device. Every load in the worker holds this lock.
@@ -67,10 +71,25 @@ def expert_bytes(model_dir: Path, name: str) -> int:
     from safetensors import safe_open
 
     total = 0
-    for path in sorted((Path(model_dir) / name).glob("*.safetensors")):
+    for path in expert_files(model_dir, name):
         with safe_open(path, framework="pt") as weights:
             for key in weights.keys():  # noqa: SIM118 - safe_open is not a mapping
                 total += math.prod(weights.get_slice(key).get_shape()) * EXPERT_DTYPE.itemsize
+    return total
+
+
+def expert_files(model_dir: Path, name: str) -> list[Path]:
+    return sorted((Path(model_dir) / name).glob("*.safetensors"))
+
+
+def read_into_page_cache(paths: list[Path]) -> int:
+    """Read each file start to end with plain reads (they release the GIL), so that a memory-mapped load
+    afterwards finds its pages in memory; the bytes read."""
+    buffer, total = bytearray(PAGE_CACHE_READ_BYTES), 0
+    for path in paths:
+        with open(path, "rb", buffering=0) as file:
+            while read := file.readinto(buffer):
+                total += read
     return total
 
 
@@ -91,6 +110,7 @@ def load_expert_in_background(model_dir: Path, name: str, device: str) -> Future
             torch.empty(expert_bytes(model_dir, name), dtype=torch.uint8, device=device)
 
     def load() -> torch.nn.Module | None:
+        read_into_page_cache(expert_files(model_dir, name))
         if stream is None:
             return load_expert(model_dir, name, device)
         with torch.cuda.stream(stream):
