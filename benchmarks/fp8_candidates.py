@@ -5,7 +5,7 @@
   compiling in 4.5 min: BENCHMARKS.md, "Fast presets").
 - `sage_attention`: SageAttention 2 as a `torch.library` custom op, opaque to dynamo, so a compiled block
   keeps it in its graph (its kernels call torch.cuda.set_device, which breaks a fullgraph trace). Not in the
-  job image (no wheel: built from source with the GPU machine's nvcc by run_gpu.sh presets).
+  job image (no wheel: built from source with the GPU machine's nvcc by run_gpu.sh presets_sage).
 - `cudnn_fp8_sdpa`: cuDNN's FP8 flash attention (the cudnn-frontend wheel's `sdpa_fp8` graph) with
   per-tensor e4m3 Q, K, V; the quantization is plain tensor code that compiles into the block around the
   `cudnn_fp8_attention` custom op.

@@ -1,6 +1,6 @@
 """Fast presets on the real A14B DiT (random bf16 weights), one CFG step at 720p, against the lossless one.
 
-    python -m benchmarks.presets                  # GPU machine, ~7 min
+    python -m benchmarks.presets                  # GPU machine, ~4 min
     python -m benchmarks.presets --tiny --device cpu --only lossless   # checks the code on a CPU
 
 Variants, in this order on one model (FP8 quantizes it in place):

@@ -3,7 +3,7 @@
 #   benchmarks/run_gpu.sh dit        # DiT step, attention backends (FA4 if .whl_fa4*/ came), official WanModel, compile (~5 min)
 #   benchmarks/run_gpu.sh cp         # context parallelism, 1 vs 2 GPUs at 720p (needs 2 GPUs; ~6 min)
 #   benchmarks/run_gpu.sh presets    # compiled FP8 linears (QUANTIZATION=fp8's), then + cuDNN's FP8 attention
-#                                    # (cudnn-frontend wheel in .whl_cudnn/) in the compiled blocks (~7 min)
+#                                    # (cudnn-frontend wheel in .whl_cudnn/) in the compiled blocks (~4 min)
 #   benchmarks/run_gpu.sh presets_sage  # FP8 linears + SageAttention 2 built from .sage2/ (~8 min; needs the
 #                                    # lossless reference `presets` left on the same machine, else measures it)
 #   benchmarks/run_gpu.sh rest       # VAE decode, UMT5 encode, resume save, checkpoint load rate (~3 min)
