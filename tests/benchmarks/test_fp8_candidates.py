@@ -35,17 +35,23 @@ def fake_sage(monkeypatch):
     return calls
 
 
-def test_sage_op_stays_inside_a_fullgraph_compiled_block(fake_sage):
+def _routed_compiled_forward(kernel: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """The tiny DiT, its output with attention routed to `kernel` in fullgraph-compiled blocks, eager's."""
     model = dit.build_ours("cpu", tiny=True)
     inputs = dit.make_inputs("480p", 1, "cpu", tiny=True)
     with torch.no_grad():
         ref = dit.forward_ours(model, inputs)
-        undo = fp8_candidates.route_attention("sage")
+        undo = fp8_candidates.route_attention(kernel)
         try:
             model.compile_repeated_blocks(fullgraph=True, backend="aot_eager")
             out = dit.forward_ours(model, inputs)
         finally:
             undo()
+    return model, out, ref
+
+
+def test_sage_op_stays_inside_a_fullgraph_compiled_block(fake_sage):
+    model, out, ref = _routed_compiled_forward("sage")
     assert len(fake_sage) == 2 * len(model.blocks)  # self- and cross-attention of every block
     assert _rel_l2(out, ref) < 1e-2  # the stand-in is exact attention
     from diffusers.models.transformers import transformer_wan
@@ -81,16 +87,7 @@ def test_quantize_per_tensor_puts_the_largest_magnitude_on_e4m3s_limit():
 
 
 def test_cudnn_fp8_attention_compiles_inside_the_blocks_within_fp8_error(fake_cudnn):
-    model = dit.build_ours("cpu", tiny=True)
-    inputs = dit.make_inputs("480p", 1, "cpu", tiny=True)
-    with torch.no_grad():
-        ref = dit.forward_ours(model, inputs)
-        undo = fp8_candidates.route_attention("cudnn_fp8")
-        try:
-            model.compile_repeated_blocks(fullgraph=True, backend="aot_eager")
-            out = dit.forward_ours(model, inputs)
-        finally:
-            undo()
+    _, out, ref = _routed_compiled_forward("cudnn_fp8")
     # One plan per shape, (batch, heads, length, head_dim): self-attention, and cross-attention to the text.
     seq_len = dit.seq_len("480p", tiny=True)
     assert sorted(key[2] for _, key in fake_cudnn) == sorted([seq_len, common.TEXT_LEN])
