@@ -4,7 +4,8 @@ With OFFLOAD=none the low-noise expert is read in a background thread while the 
 (`load_expert_in_background`), instead of before the first step. Its files are read into the page cache
 with plain reads first (`read_into_page_cache`): diffusers maps them and copies each tensor to the GPU, and
 a copy whose pages still have to come from the disk stalls the loop's kernel launches until it is done
-(H200, 14.7 GB cold: the loop lost 11.1 s of an 11.4 s load; 1.9 s after the plain reads; BENCHMARKS.md).
+(H200, 9 GB of an expert from a cold disk: the loop lost 5.6-6.1 s of a 6-6.4 s load, 1.2 s with the reads
+first; BENCHMARKS.md, "End to end").
 
 `swap` is for hosts with less memory than the model (a g6e.2xlarge has 64 GiB for 2 x 27 GiB experts plus
 a 12.6 GiB text encoder): the expert in use lives on the GPU only, the other stays on disk (page cache or
