@@ -18,9 +18,12 @@ from collections.abc import Callable
 
 import torch
 
+from benchmarks import common
+
 SAGE_OP = "wanbench::sage_attention"
 CUDNN_FP8_OP = "wanbench::cudnn_fp8_attention"
-E4M3_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
+fp8_linear = common.worker_module("fp8_linear")  # the worker's e4m3 quantization
+E4M3_MAX = fp8_linear.E4M3_MAX
 
 
 def apply_torchao_fp8(model: torch.nn.Module, is_target: Callable[[torch.nn.Module, str], bool]) -> int:
@@ -46,9 +49,8 @@ def _(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tens
 
 
 def quantize_per_tensor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`x` in e4m3, scaled so its largest magnitude lands on 448, and the (1, 1, 1, 1) float32 descale."""
-    amax = x.detach().abs().amax().float().clamp(min=1e-6)
-    return (x.float() * (E4M3_MAX / amax)).to(torch.float8_e4m3fn), (amax / E4M3_MAX).reshape(1, 1, 1, 1)
+    """`x` in e4m3, scaled so its largest magnitude lands on 448, and the float32 descale (1, 1, 1, 1)."""
+    return fp8_linear.quantize_e4m3(x, dims=())
 
 
 @torch.library.custom_op(CUDNN_FP8_OP, mutates_args=())
@@ -110,6 +112,7 @@ def _build_cudnn_fp8_plan(query: torch.Tensor, key: torch.Tensor, value: torch.T
     workspace = torch.empty(graph.get_workspace_size(), device=device, dtype=torch.uint8)
     # P, the unnormalised softmax, lies in [0, 1]: it takes e4m3's whole range.
     p_scale = torch.full((1, 1, 1, 1), E4M3_MAX, device=device)
+    p_descale = p_scale.reciprocal()
     amaxes = torch.empty((2, 1, 1, 1, 1), device=device)
 
     def run(query, key, value, descale_q, descale_k, descale_v, out) -> None:
@@ -117,7 +120,7 @@ def _build_cudnn_fp8_plan(query: torch.Tensor, key: torch.Tensor, value: torch.T
         tensors = {
             q: query, k: key, v: value, o: out, amax_s: amaxes[0], amax_o: amaxes[1],
             scalars["descale_q"]: descale_q, scalars["descale_k"]: descale_k, scalars["descale_v"]: descale_v,
-            scalars["descale_s"]: p_scale.reciprocal(), scalars["scale_s"]: p_scale,
+            scalars["descale_s"]: p_descale, scalars["scale_s"]: p_scale,
             scalars["scale_o"]: descale_v.reciprocal(),
         }  # fmt: skip
         graph.execute(tensors, workspace, handle=handle)

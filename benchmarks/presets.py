@@ -43,6 +43,14 @@ FAST_ATTENTION = {"fp8_cudnn": ("cudnn_fp8", "cudnn"), "fp8_sage": ("sage", "sag
 FP8_IMPLS = {"torchao": "fp8", "scaled_mm": "fp8_mm"}  # implementation -> the name its records get
 
 
+def record_name(fp8_name: str, variant: str) -> str:
+    """What an FP8 variant is recorded as: `fp8_cudnn` of `--fp8-impl scaled_mm` is `fp8_mm_cudnn`."""
+    return fp8_name + variant.removeprefix("fp8")
+
+
+FP8_RECORDS = tuple(record_name(impl, variant) for impl in FP8_IMPLS.values() for variant in VARIANTS[1:])
+
+
 def time_variant(model, cond, uncond, device: str, compile: bool, reps: int) -> dict[str, Any]:
     if compile:
         # Drop an earlier variant's compiled code: the blocks changed.
@@ -99,7 +107,7 @@ def summarize(rec: dict[str, Any]) -> dict[str, Any]:
         return {}
     keys: dict[str, Any] = {"presets_720p_lossless_step_s": round(lossless["median_s"], 3)}
     best = None
-    for name in ("fp8", "fp8_cudnn", "fp8_sage", "fp8_mm", "fp8_mm_cudnn", "fp8_mm_sage"):
+    for name in FP8_RECORDS:
         variant = rec.get(name)
         if variant:
             keys[f"presets_720p_{name}_step_s"] = round(variant["median_s"], 3)
@@ -207,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 undo()
 
-        record(fp8_name + name.removeprefix("fp8"), run_guarded(rec, name, fast_attention))
+        record(record_name(fp8_name, name), run_guarded(rec, name, fast_attention))
     common.write_part(part, rec)
     common.merge_results(summarize(rec))
     log(f"done in {time.time() - started:.0f} s; {summarize(rec)}; errors: {rec.get('errors', {})}")

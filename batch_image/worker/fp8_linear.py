@@ -17,9 +17,10 @@ E4M3 = torch.float8_e4m3fn
 E4M3_MAX = torch.finfo(E4M3).max  # 448
 
 
-def quantize_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """e4m3 values and each row's fp32 scale (row amax / 448), so that `t ~= values * scale`."""
-    scale = t.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12) / E4M3_MAX
+def quantize_e4m3(t: torch.Tensor, dims: tuple[int, ...] = (-1,)) -> tuple[torch.Tensor, torch.Tensor]:
+    """e4m3 values and their fp32 scale (amax over `dims` / 448: per row by default, `()` for the whole
+    tensor), so that `t ~= values * scale`."""
+    scale = t.abs().amax(dim=dims, keepdim=True).float().clamp(min=1e-12) / E4M3_MAX
     return (t.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), scale
 
 
@@ -29,13 +30,13 @@ class Float8RowwiseLinear(torch.nn.Module):
     def __init__(self, linear: torch.nn.Linear):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        weight, scale = quantize_rows(linear.weight.detach())
+        weight, scale = quantize_e4m3(linear.weight.detach())
         self.register_buffer("weight", weight)  # (out, in); passed transposed: the column-major operand
         self.register_buffer("weight_scale", scale.t().contiguous())  # (1, out)
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        values, scale = quantize_rows(x.reshape(-1, self.in_features))
+        values, scale = quantize_e4m3(x.reshape(-1, self.in_features))
         weight, weight_scale = self.weight.t(), self.weight_scale
         out = torch._scaled_mm(
             values, weight, scale_a=scale, scale_b=weight_scale, bias=self.bias, out_dtype=x.dtype
