@@ -229,7 +229,7 @@ def render_item(ctx: Context, item: SpecItem) -> None:
                 or info.index + 1 == info.total
             )
             if due:
-                store.save(info.state(), attempts)
+                store.save_in_background(info.state(), attempts)  # written while the next step runs
                 last["saved_at"], last["unsaved"] = time.monotonic(), None
             else:
                 last["unsaved"] = info.state()
@@ -240,9 +240,11 @@ def render_item(ctx: Context, item: SpecItem) -> None:
     try:
         render = generate(ctx.loaded, item, resume_from=saved.state if saved else None, on_step=on_step)
         with ctx.interrupts.held():
+            store.flush()  # the last step's state: a failed write fails the item before anything is published
             manifest = _publish(ctx, item, render, attempts, item_started)
     except (InterruptedRender, TransientError) as exc:
         with ctx.interrupts.held():
+            store.close()  # the state written in the background lands before the newer one below
             if last["unsaved"] is not None:
                 store.save(last["unsaved"], attempts)
             progress.write(state="interrupted", step=last["step"], reason=str(exc))
@@ -252,6 +254,7 @@ def render_item(ctx: Context, item: SpecItem) -> None:
         raise
     except Exception as exc:
         with ctx.interrupts.held():
+            store.close()
             write_error(
                 storage,
                 layout.error_key(spec.run_id, item.id),
@@ -265,6 +268,7 @@ def render_item(ctx: Context, item: SpecItem) -> None:
     with ctx.interrupts.held():
         storage.delete(layout.error_key(spec.run_id, item.id))
         store.clear()
+        store.close()
         progress.write(state="done", step=item.steps)
     emit(
         "item_done",

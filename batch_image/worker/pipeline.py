@@ -122,6 +122,12 @@ class DenoiseState:
     latents: torch.Tensor
     scheduler: dict[str, Any]
     generator: torch.Tensor
+    # Set when the tensors are still being copied from the GPU (capture_state): wait() before reading them.
+    ready: torch.cuda.Event | None = field(default=None, repr=False, compare=False)
+
+    def wait(self) -> None:
+        if self.ready is not None:
+            self.ready.synchronize()
 
 
 @dataclass
@@ -314,15 +320,33 @@ def make_scheduler(pipe, flow_shift: float):
 
 
 def capture_state(step: int, latents: torch.Tensor, scheduler, generator: torch.Generator) -> DenoiseState:
+    """A host copy of the state after `step` steps, taken without stopping the GPU.
+
+    GPU tensors are copied into pinned host memory on the current stream, behind the step that made them
+    and ahead of the next one's kernels, so the loop goes on at once; `DenoiseState.wait` waits for the
+    copies (the resume writer does, in its own thread). A blocking copy cost ~0.1 s per step at 720p.
+    """
+    gpu: torch.device | None = None  # the device copied from, if any
+
     def cpu(value):
+        nonlocal gpu
         if isinstance(value, torch.Tensor):
-            return value.detach().to("cpu", copy=True)
+            if value.device.type != "cuda":
+                return value.detach().to("cpu", copy=True)
+            host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
+            host.copy_(value.detach(), non_blocking=True)
+            gpu = value.device
+            return host
         if isinstance(value, list):
             return [cpu(v) for v in value]
         return value
 
     fields = {name: cpu(getattr(scheduler, name)) for name in SCHEDULER_STATE_FIELDS}
-    return DenoiseState(step=step, latents=cpu(latents), scheduler=fields, generator=generator.get_state())
+    state = DenoiseState(step=step, latents=cpu(latents), scheduler=fields, generator=generator.get_state())
+    if gpu is not None:
+        state.ready = torch.cuda.Event()
+        state.ready.record(torch.cuda.current_stream(gpu))
+    return state
 
 
 def _restore_scheduler(scheduler, saved: dict[str, Any], device) -> None:

@@ -3,7 +3,8 @@
 One object holds everything (latents, step, the scheduler's multistep history, the RNG state, the spec hash
 and the attempt history), so a single PUT replaces it atomically. A state is only trusted when it loads with
 `weights_only=True`, names this item's spec hash and has the shapes the item needs; anything else is
-ignored with a warning and the item starts from step 0.
+ignored with a warning and the item starts from step 0. The worker writes it in a background thread
+(`ResumeStore.save_in_background`): the next step runs while the bytes go to S3.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import io
 import json
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +50,7 @@ class Saved:
 
 
 def serialize(state: DenoiseState, *, spec_hash: str, attempts: list[dict[str, Any]]) -> bytes:
+    state.wait()  # a state captured on the GPU may still be on its way to host memory
     buffer = io.BytesIO()
     torch.save(
         {
@@ -98,6 +101,8 @@ class ResumeStore:
     def __init__(self, storage, run_id: str, item_id: str, spec_hash: str, total_steps: int):
         self.storage, self.key = storage, state_key(run_id, item_id)
         self.spec_hash, self.total_steps = spec_hash, total_steps
+        self._writer: ThreadPoolExecutor | None = None
+        self._in_flight: Future | None = None
 
     def load(self) -> Saved | None:
         try:
@@ -116,7 +121,37 @@ class ResumeStore:
         self.storage.write(self.key, serialize(state, spec_hash=self.spec_hash, attempts=attempts))
         return time.perf_counter() - started
 
+    def save_in_background(self, state: DenoiseState, attempts: list[dict[str, Any]]) -> None:
+        """Start writing the state and return: the loop's next step runs meanwhile.
+
+        One write at a time, in order: a write still in flight is waited for first, and its error (a
+        failed PUT) is raised here, as a blocking save would have raised it one step earlier.
+        """
+        self.flush()
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="resume-save")
+        self._in_flight = self._writer.submit(self.save, state, list(attempts))
+
+    def flush(self) -> None:
+        """Wait for the write in flight, if any; raises its error."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            in_flight.result()
+
+    def close(self) -> None:
+        """Finish the write in flight and stop the writer thread. On the way out of an item: a failed write
+        is logged, not raised (the item's own outcome is being reported)."""
+        try:
+            self.flush()
+        except Exception as exc:  # noqa: BLE001 - any storage error; the saved state is then the one before
+            log.warning("saving the resume state %s failed: %s", self.storage.uri(self.key), exc)
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._writer = None
+
     def clear(self) -> None:
+        self.flush()  # a write still in flight would bring the state back after the delete
         self.storage.delete(self.key)
 
 
