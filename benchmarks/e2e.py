@@ -222,6 +222,7 @@ def run_worker(spec: Path, *, cache_dir: Path, env_extra: dict[str, str], timeou
     )
     log_path = spec.parent / "worker.log"
     started = time.perf_counter()
+    job_end_at = None
     with open(log_path, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "worker"],
@@ -241,7 +242,9 @@ def run_worker(spec: Path, *, cache_dir: Path, env_extra: dict[str, str], timeou
                 try:
                     events.append(json.loads(line))
                 except ValueError:
-                    pass
+                    continue
+                if events[-1].get("event") == "job_end":
+                    job_end_at = time.perf_counter() - started
             if time.perf_counter() - started > timeout_s:
                 proc.kill()
         code = proc.wait()
@@ -251,6 +254,8 @@ def run_worker(spec: Path, *, cache_dir: Path, env_extra: dict[str, str], timeou
     return {
         "exit_code": code,
         "wall_s": round(wall, 2),
+        # From the worker's job_end line to its exit: the interpreter's teardown, if any.
+        "exit_after_job_end_s": None if job_end_at is None else round(wall - job_end_at, 2),
         "events": events,
         "child_peak_rss_gib": round(rss, 2),
     }
@@ -262,6 +267,7 @@ def summarize(run: dict[str, Any], manifest: dict[str, Any] | None, target_steps
     out: dict[str, Any] = {
         "exit_code": run["exit_code"],
         "wall_s": run["wall_s"],
+        "exit_after_job_end_s": run.get("exit_after_job_end_s"),
         "host_peak_rss_gib": stats.get("host_peak_rss_gib") or run["child_peak_rss_gib"],
         "peak_gpu_gib": stats.get("peak_gpu_gib"),
         "peak_gpu_reserved_gib": stats.get("peak_gpu_reserved_gib"),

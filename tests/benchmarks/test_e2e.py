@@ -183,4 +183,6 @@ def test_worker_runs_end_to_end_on_the_tiny_checkpoint(tiny_checkpoint, tmp_path
     run = results["e2e_480p_2"]
     assert run["exit_code"] == 0 and run["frame_count"] == 5 and run["compile"] == "none"  # CPU: eager
     assert results["e2e_480p_2_steps_s"] == run["wall_s"] > 0
+    # The worker's last line (job_end) came through before its fast exit, which took part of the wall time.
+    assert 0 <= run["exit_after_job_end_s"] < run["wall_s"]
     assert run["checkpoint_fetch_s"] < 1.0  # the seeded memo: no hashing inside the worker
