@@ -18,12 +18,10 @@ from __future__ import annotations
 import gc
 import json
 import math
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +32,6 @@ from worker.progress import emit
 EXPERTS = ("transformer", "transformer_2")  # high-noise, low-noise (diffusers' WanPipeline names)
 EXPERT_DTYPE = torch.bfloat16
 PAGE_CACHE_READ_BYTES = 16 << 20  # one plain read's size when warming the page cache
-# While a background load runs Python, the loop's thread gets the GIL back after each kernel launch only
-# when the loader gives it up, at the latest after Python's switch interval (5 ms by default): thousands of
-# launches per step made the overlapped step ~4 s slower. A shorter interval while the loader runs.
-LOADER_SWITCH_INTERVAL_S = 0.0005
 # diffusers and transformers build a model's skeleton under accelerate's `init_empty_weights`, which swaps
 # `nn.Module.register_parameter` process-wide: two loads at once (one in a background thread) could put
 # each other's parameters on the meta device. Every load in the worker holds this lock.
@@ -117,31 +111,19 @@ def load_expert_in_background(model_dir: Path, name: str, device: str) -> Future
             torch.empty(expert_bytes(model_dir, name), dtype=torch.uint8, device=device)
 
     def load() -> torch.nn.Module | None:
-        with short_gil_switch_interval():
-            read_into_page_cache(expert_files(model_dir, name))
-            if stream is None:
-                return load_expert(model_dir, name, device)
-            with torch.cuda.stream(stream):
-                expert = load_expert(model_dir, name, device)
-            stream.synchronize()
-            return expert
+        read_into_page_cache(expert_files(model_dir, name))
+        if stream is None:
+            return load_expert(model_dir, name, device)
+        with torch.cuda.stream(stream):
+            expert = load_expert(model_dir, name, device)
+        stream.synchronize()
+        return expert
 
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"load-{name}")
     try:
         return pool.submit(load)
     finally:
         pool.shutdown(wait=False)  # the thread ends with the load; nothing else is ever queued
-
-
-@contextmanager
-def short_gil_switch_interval() -> Iterator[None]:
-    """Python's thread switch interval at most LOADER_SWITCH_INTERVAL_S inside (it is process-wide)."""
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(min(previous, LOADER_SWITCH_INTERVAL_S))
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(previous)
 
 
 class ExpertSwap:
