@@ -51,7 +51,7 @@ case "$part" in
     e2e 290 run --model "$model" --name 480p_40_warm --size '832*480' --steps 40 "${fa4_cache[@]}" ;;
   warm)
     e2e 300 build --dir "$model" || exit 1
-    e2e 200 run --model "$model" --name 480p_2 --size '832*480' --steps 2 "${fa4_cache[@]}"
+    e2e 200 run --model "$model" --name 480p_2_fill --size '832*480' --steps 2 "${fa4_cache[@]}"
     e2e 300 run --model "$model" --name 480p_40_warm --size '832*480' --steps 40 "${fa4_cache[@]}" ;;
   colddisk)
     e2e 400 build --dir outputs/e2e/model_distinct --distinct-experts || exit 1

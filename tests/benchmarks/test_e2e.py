@@ -129,6 +129,8 @@ def test_a_warm_cache_run_gets_its_own_key_and_the_background_waits_are_kept():
     keys = e2e.result_keys("480p_4_warm", summary)
     assert keys["e2e_480p_4_steps_s_warm_caches"] == 60.0
     assert "e2e_480p_4_steps_s" not in keys and "s_per_step_480p_e2e" not in keys  # the cold run's keys
+    fill = e2e.result_keys("480p_4_fill", summary)  # fills the caches for a warm run: shares no key
+    assert set(fill) == {"e2e_480p_4_fill"}
     disk = e2e.result_keys("480p_4_colddisk", summary)
     assert disk["e2e_480p_4_steps_s_cold_disk"] == 60.0 and disk["load_s_480p_cold_disk"] == 20.0
     assert "e2e_480p_4_steps_s" not in disk
