@@ -16,13 +16,14 @@ import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from wanbatch import layout
 from wanbatch.spec import SpecItem
-from worker.pipeline import SCHEDULER_STATE_FIELDS, DenoiseState
+from worker.pipeline import SCHEDULER_STATE_FIELDS, DenoiseState, capture_state
 
 log = logging.getLogger(__name__)
 
@@ -161,11 +162,12 @@ def benchmark_state_save(
     """Time saving a 720p-sized state (81 frames -> 21 latent frames, 720/8 x 1280/8) to `storage`.
 
     The state holds four latent-sized fp32 tensors (latents, UniPC's two model outputs, its last sample),
-    copied from `device` as the worker does. Call it on the GPU machine with an S3Storage to measure.
+    captured from `device` by the worker's own `capture_state`: `copy_s` is what the denoising loop waits
+    for, `write_s` the save (waiting for the copies, serializing, writing), which the worker does in its
+    writer thread. Call it on the GPU machine with an S3Storage to measure.
     """
-    latents = torch.randn(shape, device=device)
-    scheduler = {name: None for name in SCHEDULER_STATE_FIELDS}
-    scheduler.update(
+    scheduler = SimpleNamespace(**{name: None for name in SCHEDULER_STATE_FIELDS})
+    scheduler.__dict__.update(
         model_outputs=[torch.randn(shape, device=device) for _ in range(2)],
         timestep_list=[torch.tensor(999), torch.tensor(990)],
         last_sample=torch.randn(shape, device=device),
@@ -174,20 +176,12 @@ def benchmark_state_save(
         _step_index=2,
         _begin_index=0,
     )
+    latents, generator = torch.randn(shape, device=device), torch.Generator("cpu")
     store = ResumeStore(storage, "benchmark-run", "benchmark-item", "0" * 64, total_steps=40)
     timings = []
     for _ in range(repeats):
         started = time.perf_counter()
-        snapshot = DenoiseState(
-            step=2,
-            latents=latents.to("cpu", copy=True),
-            scheduler={
-                k: ([t.to("cpu") for t in v] if isinstance(v, list) else v) for k, v in scheduler.items()
-            },
-            generator=torch.Generator("cpu").get_state(),
-        )
-        for name in ("last_sample",):
-            snapshot.scheduler[name] = scheduler[name].to("cpu", copy=True)
+        snapshot = capture_state(2, latents, scheduler, generator)
         copy_s = time.perf_counter() - started
         write_s = store.save(snapshot, [{"attempt": 1, "start_step": 0}])
         timings.append({"copy_s": round(copy_s, 4), "write_s": round(write_s, 4)})
