@@ -1,11 +1,14 @@
 """The two A14B experts: loaded straight onto their device, and (OFFLOAD=swap) one at a time from disk.
 
+An expert's weights go from its safetensors files to the device through pinned buffers with plain reads
+(`worker.weights`), not through diffusers' `from_pretrained`: that maps the files and copies tensor by
+tensor from the mapping, and a load running next to the denoising loop stalled it (H200, 480p: a 5.2 s
+step took 8.9 s while the low-noise expert loaded; BENCHMARKS.md, "End to end"). The model is built by
+diffusers on the meta device and takes the loaded tensors as they are, in the dtypes `from_pretrained`
+gives (bf16, with the modules the model keeps in fp32 in fp32).
+
 With OFFLOAD=none the low-noise expert is read in a background thread while the high-noise steps run
-(`load_expert_in_background`), instead of before the first step. Its files are read into the page cache
-with plain reads first (`read_into_page_cache`): diffusers maps them and copies each tensor to the GPU, and
-a copy whose pages still have to come from the disk stalls the loop's kernel launches until it is done
-(H200, 9 GB of an expert from a cold disk: the loop lost 5.6-6.1 s of a 6-6.4 s load, 1.2 s with the reads
-first; BENCHMARKS.md, "End to end").
+(`load_expert_in_background`), instead of before the first step.
 
 `swap` is for hosts with less memory than the model (a g6e.2xlarge has 64 GiB for 2 x 27 GiB experts plus
 a 12.6 GiB text encoder): the expert in use lives on the GPU only, the other stays on disk (page cache or
@@ -28,10 +31,10 @@ from typing import Any
 import torch
 
 from worker.progress import emit
+from worker.weights import StoredTensor, read_to_device, stored_tensors
 
 EXPERTS = ("transformer", "transformer_2")  # high-noise, low-noise (diffusers' WanPipeline names)
 EXPERT_DTYPE = torch.bfloat16
-PAGE_CACHE_READ_BYTES = 16 << 20  # one plain read's size when warming the page cache
 # diffusers and transformers build a model's skeleton under accelerate's `init_empty_weights`, which swaps
 # `nn.Module.register_parameter` process-wide: two loads at once (one in a background thread) could put
 # each other's parameters on the meta device. Every load in the worker holds this lock.
@@ -57,41 +60,49 @@ def present_experts(model_dir: Path) -> list[str]:
 
 def load_expert(model_dir: Path, name: str, device: str) -> torch.nn.Module | None:
     """One expert read from its safetensors straight into `device` memory; None if the model has none."""
+    from accelerate import init_empty_weights
     from diffusers import WanTransformer3DModel
 
     if name not in present_experts(model_dir):
         return None
-    with MODEL_LOADING:
-        return WanTransformer3DModel.from_pretrained(
-            model_dir, subfolder=name, torch_dtype=EXPERT_DTYPE, device_map={"": torch.device(device)}
+    with MODEL_LOADING, init_empty_weights():  # parameters on the meta device, buffers (RoPE) real
+        expert = WanTransformer3DModel.from_config(
+            WanTransformer3DModel.load_config(model_dir, subfolder=name)
         )
+    keep_fp32 = expert._keep_in_fp32_modules or []
+
+    def dtype_for(stored: StoredTensor) -> torch.dtype:
+        # As diffusers' from_pretrained(torch_dtype=bf16): floats in bf16, the listed modules in fp32.
+        if not stored.dtype.is_floating_point:
+            return stored.dtype
+        return (
+            torch.float32 if any(module in stored.name.split(".") for module in keep_fp32) else EXPERT_DTYPE
+        )
+
+    weights = read_to_device(expert_files(model_dir, name), device, dtype_for)
+    expert.load_state_dict(weights, strict=True, assign=True)
+    expert.to(device)  # the RoPE tables, built on the host
+    expert.register_to_config(_name_or_path=model_dir)  # as from_pretrained records it
+    return expert.eval()
 
 
 def expert_bytes(model_dir: Path, name: str) -> int:
     """The size of one expert's weights in EXPERT_DTYPE, from its safetensors headers (nothing else read)."""
-    from safetensors import safe_open
-
-    total = 0
-    for path in expert_files(model_dir, name):
-        with safe_open(path, framework="pt") as weights:
-            for key in weights.keys():  # noqa: SIM118 - safe_open is not a mapping
-                total += math.prod(weights.get_slice(key).get_shape()) * EXPERT_DTYPE.itemsize
-    return total
+    return sum(
+        math.prod(stored.shape) * EXPERT_DTYPE.itemsize
+        for path in expert_files(model_dir, name)
+        for stored in stored_tensors(path)
+    )
 
 
 def expert_files(model_dir: Path, name: str) -> list[Path]:
-    return sorted((Path(model_dir) / name).glob("*.safetensors"))
-
-
-def read_into_page_cache(paths: list[Path]) -> int:
-    """Read each file start to end with plain reads (they release the GIL), so that a memory-mapped load
-    afterwards finds its pages in memory; the bytes read."""
-    buffer, total = bytearray(PAGE_CACHE_READ_BYTES), 0
-    for path in paths:
-        with open(path, "rb", buffering=0) as file:
-            while read := file.readinto(buffer):
-                total += read
-    return total
+    """The expert's safetensors shards: those its index names, else every file in its folder."""
+    folder = Path(model_dir) / name
+    indexes = sorted(folder.glob("*.safetensors.index.json"))
+    if indexes:
+        weight_map = json.loads(indexes[0].read_text())["weight_map"]
+        return sorted({folder / file for file in weight_map.values()})
+    return sorted(folder.glob("*.safetensors"))
 
 
 def load_expert_in_background(model_dir: Path, name: str, device: str) -> Future:
@@ -111,7 +122,6 @@ def load_expert_in_background(model_dir: Path, name: str, device: str) -> Future
             torch.empty(expert_bytes(model_dir, name), dtype=torch.uint8, device=device)
 
     def load() -> torch.nn.Module | None:
-        read_into_page_cache(expert_files(model_dir, name))
         if stream is None:
             return load_expert(model_dir, name, device)
         with torch.cuda.stream(stream):

@@ -89,29 +89,3 @@ def test_expert_bytes_is_the_size_of_the_loaded_weights(tiny_model_dir, tiny_pip
         p.numel() * experts.EXPERT_DTYPE.itemsize for p in tiny_pipeline.expert("transformer_2").parameters()
     )
     assert experts.expert_bytes(tiny_model_dir, "transformer_2") == loaded_bytes
-
-
-def test_read_into_page_cache_reads_every_byte_of_every_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(experts, "PAGE_CACHE_READ_BYTES", 7)  # several reads per file
-    sizes = {"empty.safetensors": 0, "a.safetensors": 10, "b.safetensors": 100}
-    for name, size in sizes.items():
-        (tmp_path / name).write_bytes(bytes(range(size)))
-    assert experts.read_into_page_cache(sorted(tmp_path.iterdir())) == sum(sizes.values())
-
-
-def test_the_background_load_reads_the_experts_files_before_loading_it(tiny_model_dir, monkeypatch):
-    """diffusers maps the files and copies tensor by tensor: plain reads first (the cold-disk stall)."""
-    events, real_load = [], experts.load_expert
-    monkeypatch.setattr(
-        experts, "read_into_page_cache", lambda paths: events.append(("read", [p.parent.name for p in paths]))
-    )
-
-    def recorded_load(model_dir, name, device):
-        events.append(("load", name))
-        return real_load(model_dir, name, device)
-
-    monkeypatch.setattr(experts, "load_expert", recorded_load)
-    expert = experts.load_expert_in_background(tiny_model_dir, "transformer_2", "cpu").result(timeout=120)
-    files = experts.expert_files(tiny_model_dir, "transformer_2")
-    assert files and expert is not None
-    assert events == [("read", ["transformer_2"] * len(files)), ("load", "transformer_2")]
