@@ -4,7 +4,6 @@
 #   benchmarks/run_e2e.sh full    # 480p 40 steps (reuses the checkpoint if the machine kept it; ~5 min)
 #   benchmarks/run_e2e.sh full2   # 480p 40 steps with cold caches, then again with the caches it filled (~9 min)
 #   benchmarks/run_e2e.sh warm    # 480p 2 steps (fills the compile and FA4 caches), then 480p 40 steps warm (~6 min)
-#   benchmarks/run_e2e.sh warm2   # after `warm` on the same machine: the warm 40-step run again (~4.5 min)
 #   benchmarks/run_e2e.sh colddisk # 480p 40 steps, two distinct expert files read from a cold disk (~85 GB free:
 #                                  # the 2-GPU kind's disk; ~8 min)
 #   benchmarks/run_e2e.sh cp2      # the worker itself on 2 GPUs (context parallelism), tiny shapes (~1 min)
@@ -14,7 +13,7 @@
 #   benchmarks/run_e2e.sh 720p    # 720p 4 steps with the whole card (~3 min)
 # Wheels the machine lacks travel in .whl/ (see BENCHMARKS.md). Results merge into $BENCH_RESULTS.
 set -uo pipefail
-part="${1:?usage: run_e2e.sh quick|full|full2|warm|warm2|colddisk|cp2|swap|swapfull|fp8|720p}"
+part="${1:?usage: run_e2e.sh quick|full|full2|warm|colddisk|cp2|swap|swapfull|fp8|720p}"
 cd "$(dirname "$0")/.."
 source benchmarks/gpu_env.sh
 # PyAV's wheel does not fit beside the others in one transfer; a small stand-in reads the MP4 instead.
@@ -54,8 +53,6 @@ case "$part" in
     e2e 300 build --dir "$model" || exit 1
     e2e 200 run --model "$model" --name 480p_2_fill --size '832*480' --steps 2 "${fa4_cache[@]}"
     e2e 300 run --model "$model" --name 480p_40_warm --size '832*480' --steps 40 "${fa4_cache[@]}" ;;
-  warm2)
-    e2e 300 run --model "$model" --name 480p_40_warm2 --size '832*480' --steps 40 "${fa4_cache[@]}" ;;
   colddisk)
     e2e 400 build --dir outputs/e2e/model_distinct --distinct-experts || exit 1
     e2e 400 run --model outputs/e2e/model_distinct --name 480p_40_colddisk --size '832*480' --steps 40 \

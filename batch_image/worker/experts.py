@@ -75,9 +75,8 @@ def load_expert(model_dir: Path, name: str, device: str) -> torch.nn.Module | No
         # As diffusers' from_pretrained(torch_dtype=bf16): floats in bf16, the listed modules in fp32.
         if not stored.dtype.is_floating_point:
             return stored.dtype
-        return (
-            torch.float32 if any(module in stored.name.split(".") for module in keep_fp32) else EXPERT_DTYPE
-        )
+        kept = any(module in stored.name.split(".") for module in keep_fp32)
+        return torch.float32 if kept else EXPERT_DTYPE
 
     weights = read_to_device(expert_files(model_dir, name), device, dtype_for)
     expert.load_state_dict(weights, strict=True, assign=True)
