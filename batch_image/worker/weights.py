@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import struct
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -94,16 +93,10 @@ def read_to_device(
     device = torch.device(device)
     stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
     loaded: dict[str, torch.Tensor] = {}
-    lock = threading.Lock()
-
-    def read_file(path: Path) -> None:
-        tensors = _read_file(path, device, stream, dtype_for, chunk_bytes)
-        with lock:
-            loaded.update(tensors)
-
     with ThreadPoolExecutor(max_workers=max(1, readers), thread_name_prefix="weights") as pool:
-        for future in [pool.submit(read_file, path) for path in paths]:
-            future.result()  # the first failure is raised here
+        files = [pool.submit(_read_file, path, device, stream, dtype_for, chunk_bytes) for path in paths]
+        for tensors in files:
+            loaded.update(tensors.result())  # the first failure is raised here
     return loaded
 
 
