@@ -9,6 +9,9 @@
 - `cudnn_fp8_sdpa`: cuDNN's FP8 flash attention (the cudnn-frontend wheel's `sdpa_fp8` graph) with
   per-tensor e4m3 Q, K, V; the quantization is plain tensor code that compiles into the block around the
   `cudnn_fp8_attention` custom op.
+- `fa3_fp8_sdpa`: FlashAttention-3's FP8 forward (`flash_attn_3`, hopper/, built from source by
+  benchmarks/build_fa3.sh: no wheel) with per-(batch, head) e4m3 Q, K, V and a bf16 output; K is smoothed
+  first, as SageAttention does. Same shape of custom op as cuDNN's.
 `route_attention(name)` points the Wan blocks' attention calls at one of them (`ATTENTION_KERNELS`).
 """
 
@@ -22,6 +25,7 @@ from benchmarks import common
 
 SAGE_OP = "wanbench::sage_attention"
 CUDNN_FP8_OP = "wanbench::cudnn_fp8_attention"
+FA3_FP8_OP = "wanbench::fa3_fp8_attention"
 fp8_linear = common.worker_module("fp8_linear")  # the worker's e4m3 quantization
 E4M3_MAX = fp8_linear.E4M3_MAX
 
@@ -135,6 +139,45 @@ def cudnn_fp8_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) 
     return (out.float() * descale_v).to(query.dtype)
 
 
+@torch.library.custom_op(FA3_FP8_OP, mutates_args=())
+def fa3_fp8_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    descale_q: torch.Tensor,
+    descale_k: torch.Tensor,
+    descale_v: torch.Tensor,
+) -> torch.Tensor:
+    """FlashAttention-3's FP8 forward on e4m3 (batch, length, heads, head_dim) tensors with float32
+    (batch, heads) descales; the output is bf16 (the kernel's, whatever the inputs stood for)."""
+    from flash_attn_3.flash_attn_interface import flash_attn_func
+
+    return flash_attn_func(query, key, value, q_descale=descale_q, k_descale=descale_k, v_descale=descale_v)
+
+
+@fa3_fp8_attention.register_fake
+def _(query, key, value, descale_q, descale_k, descale_v) -> torch.Tensor:
+    return torch.empty(query.shape, dtype=torch.bfloat16, device=query.device)
+
+
+def quantize_per_head(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch, length, heads, head_dim) `x` in e4m3 with one scale per (batch, head), and that float32
+    descale as (batch, heads), the shape FA3 takes."""
+    values, scale = fp8_linear.quantize_e4m3(x, dims=(1, 3))
+    return values, scale.reshape(x.shape[0], x.shape[2])
+
+
+def fa3_fp8_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Attention on (batch, length, heads, head_dim) tensors by FA3's FP8 kernel, in the inputs' dtype.
+
+    K loses its mean over the sequence first (SageAttention's smoothing): every score of a query moves by
+    the same amount, which softmax ignores, and e4m3's range goes to what tells the keys apart.
+    """
+    key = key - key.mean(dim=1, keepdim=True)
+    (q8, descale_q), (k8, descale_k), (v8, descale_v) = (quantize_per_head(t) for t in (query, key, value))
+    return fa3_fp8_attention(q8, k8, v8, descale_q, descale_k, descale_v).to(query.dtype)
+
+
 def _cudnn_fp8_nhd(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     return cudnn_fp8_sdpa(*(t.transpose(1, 2) for t in (query, key, value))).transpose(1, 2)
 
@@ -143,6 +186,7 @@ def _cudnn_fp8_nhd(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) 
 ATTENTION_KERNELS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "sage": sage_attention,
     "cudnn_fp8": _cudnn_fp8_nhd,
+    "fa3_fp8": fa3_fp8_sdpa,
 }
 
 

@@ -13,13 +13,17 @@ Variants, in this order on one model (FP8 quantizes it in place):
   fp8_sage   + SageAttention 2 (INT8 QK, FP8 PV; `sageattn`, which picks the sm90 kernel there) as a custom op
              inside the compiled blocks, when `sageattention>=2.1.1` imports (built from source on the GPU
              machine: run_gpu.sh presets_sage)
-`--fp8-impl scaled_mm` (the worker's, worker.fp8_linear) records its variants as `fp8_mm`, `fp8_mm_cudnn` and
-`fp8_mm_sage`; `--fp8-impl torchao` measures torchao's layers instead (what the worker ran before), as `fp8`.
+  fp8_fa3    + FlashAttention-3's FP8 forward (per-(batch, head) e4m3 Q, K, V, K smoothed, bf16 output) as a
+             custom op inside the compiled blocks, when `flash_attn_3` imports (built from source:
+             benchmarks/build_fa3.sh; run_gpu.sh presets_fa3)
+`--fp8-impl scaled_mm` (the worker's, worker.fp8_linear) records its variants as `fp8_mm`, `fp8_mm_cudnn`,
+`fp8_mm_sage` and `fp8_mm_fa3`; `--fp8-impl scaled_mm_fast` the same layers with `use_fast_accum` (not the
+worker's), as `fp8_mm_fast*`; `--fp8-impl torchao` torchao's layers (what the worker ran before), as `fp8`.
 Each records the CFG step time, the first (compiling) call, peak memory and the distance of its output
 from the lossless one. SageAttention is built while a first process runs, so `fp8_sage` runs in a second
-process once the build is done: the first saves the lossless output and time (`--save-ref`), the second
-loads them (`--ref`; same seed, same weights). `fp8_speedup_720p` = lossless step / best FP8 step,
-merged into results.json.
+process once the build is done (`fp8_fa3` likewise, recorded as `presets_fa3`): the first saves the
+lossless output and time (`--save-ref`), the second loads them (`--ref`; same seed, same weights).
+`fp8_speedup_720p` = lossless step / best FP8 step, merged into results.json.
 The self-attention alone (SDPA vs the FP8/INT8 kernels) is timed too, in TFLOP/s of the bf16-equivalent work.
 """
 
@@ -37,10 +41,15 @@ import torch.nn.functional as F
 from benchmarks import common, dit, fp8_candidates
 from benchmarks.common import log, run_guarded
 
-VARIANTS = ("lossless", "fp8", "fp8_cudnn", "fp8_sage")
+VARIANTS = ("lossless", "fp8", "fp8_cudnn", "fp8_sage", "fp8_fa3")
 # fast-attention variant -> (its fp8_candidates.route_attention name, the module it needs)
-FAST_ATTENTION = {"fp8_cudnn": ("cudnn_fp8", "cudnn"), "fp8_sage": ("sage", "sageattention")}
-FP8_IMPLS = {"torchao": "fp8", "scaled_mm": "fp8_mm"}  # implementation -> the name its records get
+FAST_ATTENTION = {
+    "fp8_cudnn": ("cudnn_fp8", "cudnn"),
+    "fp8_sage": ("sage", "sageattention"),
+    "fp8_fa3": ("fa3_fp8", "flash_attn_3"),
+}
+# implementation -> the name its records get; scaled_mm_fast: the worker's layers with fast accumulation
+FP8_IMPLS = {"torchao": "fp8", "scaled_mm": "fp8_mm", "scaled_mm_fast": "fp8_mm_fast"}
 
 
 def record_name(fp8_name: str, variant: str) -> str:
@@ -89,6 +98,17 @@ def attention_micro(size: str, device: str, tiny: bool) -> dict[str, Any]:
         kernel_only["cudnn_fp8_kernel"] = lambda: fp8_candidates.cudnn_fp8_attention(
             *quantized[0::2], *quantized[1::2]
         )
+    if importlib.util.find_spec("flash_attn_3"):
+        from flash_attn_3.flash_attn_interface import flash_attn_func
+
+        q_nhd, k_nhd, v_nhd = (t.transpose(1, 2) for t in (q, k, v))
+        calls["fa3_bf16"] = lambda: flash_attn_func(q_nhd, k_nhd, v_nhd).transpose(1, 2)
+        compiled_fa3 = torch.compile(fp8_candidates.fa3_fp8_sdpa, fullgraph=True, dynamic=False)
+        calls["fa3_fp8_compiled"] = lambda: compiled_fa3(q_nhd, k_nhd, v_nhd).transpose(1, 2)
+        per_head = [fp8_candidates.quantize_per_head(t) for t in (q_nhd, k_nhd, v_nhd)]
+        kernel_only["fa3_fp8_kernel"] = lambda: fp8_candidates.fa3_fp8_attention(
+            *(values for values, _ in per_head), *(descale for _, descale in per_head)
+        )
     out: dict[str, Any] = {"seq_len": n}
     for name, call in {**calls, **kernel_only}.items():
 
@@ -117,7 +137,7 @@ def summarize(rec: dict[str, Any]) -> dict[str, Any]:
     if best:
         keys["fp8_speedup_720p"] = round(lossless["median_s"] / rec[best]["median_s"], 3)
         keys["fp8_speedup_720p_variant"] = best
-        for name, suffix in (("fp8", ""), ("fp8_mm", "_scaled_mm")):
+        for name, suffix in (("fp8", ""), ("fp8_mm", "_scaled_mm"), ("fp8_mm_fast", "_scaled_mm_fast")):
             if rec.get(name):
                 speedup = lossless["median_s"] / rec[name]["median_s"]
                 keys[f"fp8_speedup_720p_linear_only{suffix}"] = round(speedup, 3)
@@ -148,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     _, _, uncond_context = dit.make_inputs(args.size, 1, args.device, args.tiny, seed=1)
     uncond = (cond[0], cond[1], uncond_context)
     ref: torch.Tensor | None = None
-    part = "presets" if args.ref is None else "presets_sage"
+    # A second process's record is named after what it adds: `--only fp8_sage` -> presets_sage.json.
+    part = "presets" if args.ref is None else "presets_" + "_".join(n.removeprefix("fp8_") for n in args.only)
     if args.ref is not None:
         saved = torch.load(args.ref)
         ref, rec["lossless"] = saved["out"], saved["lossless"]
@@ -177,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         pipeline.uncompile(model)  # quantize the plain modules; time_variant compiles them again
         if args.fp8_impl == "torchao":
             return fp8_candidates.apply_torchao_fp8(model, presets.is_fp8_target)
+        if args.fp8_impl == "scaled_mm_fast":
+            swap = common.worker_module("fp8_linear").swap_fp8_linears
+            return swap(model, presets.is_fp8_target, fast_accum=True)
         return presets.apply_fp8(model)
 
     if "fp8" in args.only:

@@ -6,11 +6,14 @@
 #                                    # (cudnn-frontend wheel in .whl_cudnn/) in the compiled blocks (~4 min)
 #   benchmarks/run_gpu.sh presets_sage  # FP8 linears + SageAttention 2 built from .sage2/ (~8 min; needs the
 #                                    # lossless reference `presets` left on the same machine, else measures it)
+#   benchmarks/run_gpu.sh presets_fa3   # lossless, FP8 linears, FP8 linears + FlashAttention-3's FP8 forward
+#                                    # (its wheel in .whl_fa3/, built by benchmarks/build_fa3.sh; ~5 min;
+#                                    # FP8_IMPL=scaled_mm_fast: the linears with fast accumulation)
 #   benchmarks/run_gpu.sh rest       # VAE decode, UMT5 encode, resume save, checkpoint load rate (~3 min)
 # Wheels missing there (diffusers, transformers, regex) travel in .whl/; the official model files in .official/.
 # Results merge into $BENCH_RESULTS (default benchmarks/results.json); logs and per-part JSON go beside it.
 set -uo pipefail
-part="${1:?usage: run_gpu.sh dit|cp|presets|presets_sage|rest}"
+part="${1:?usage: run_gpu.sh dit|cp|presets|presets_sage|presets_fa3|rest}"
 cd "$(dirname "$0")/.."
 source benchmarks/gpu_env.sh
 export BENCH_RESULTS="${BENCH_RESULTS:-$PWD/benchmarks/results.json}" PYTHONUNBUFFERED=1
@@ -39,9 +42,12 @@ case "$part" in
       --save-ref outputs/presets_ref.pt 2>&1 | tee "$out_dir/presets.log"
     wait "$build" && timeout 200 python3 -m benchmarks.presets --only fp8_sage --fp8-impl scaled_mm \
       --ref outputs/presets_ref.pt 2>&1 | tee "$out_dir/presets_sage.log" ;;
+  presets_fa3)
+    timeout 570 python3 -m benchmarks.presets --only lossless,fp8,fp8_fa3 --fp8-impl "${FP8_IMPL:-scaled_mm}" \
+      --save-ref outputs/presets_ref.pt 2>&1 | tee "$out_dir/presets_fa3.log" ;;
   rest)
     timeout 240 python3 -m benchmarks.vae_text --text-cpu 2>&1 | tee "$out_dir/vae_text.log"
     timeout 200 python3 -m benchmarks.io_rates --dir /tmp/bench_io --gb 12 2>&1 | tee "$out_dir/io_rates.log" ;;
   *)
-    echo "unknown part: $part (dit|cp|presets|presets_sage|rest)" >&2; exit 64 ;;
+    echo "unknown part: $part (dit|cp|presets|presets_sage|presets_fa3|rest)" >&2; exit 64 ;;
 esac

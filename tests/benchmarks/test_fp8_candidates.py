@@ -93,3 +93,65 @@ def test_cudnn_fp8_attention_compiles_inside_the_blocks_within_fp8_error(fake_cu
     assert sorted(key[2] for _, key in fake_cudnn) == sorted([seq_len, common.TEXT_LEN])
     assert {query[2] for query, _ in fake_cudnn} == {seq_len}
     assert 0 < _rel_l2(out, ref) < 0.1  # e4m3 Q, K, V and O: close, not exact
+
+
+@pytest.fixture
+def fake_fa3(monkeypatch):
+    """A stand-in `flash_attn_3` that checks FA3's FP8 contract (e4m3 (batch, length, heads, head_dim),
+    float32 (batch, heads) descales) and returns exact attention on the dequantized inputs, in bf16 as FA3
+    does."""
+    calls = []
+
+    def flash_attn_func(q, k, v, q_descale, k_descale, v_descale):
+        dequantized = []
+        for t, descale in ((q, q_descale), (k, k_descale), (v, v_descale)):
+            assert t.dtype == torch.float8_e4m3fn
+            assert descale.dtype == torch.float32 and descale.shape == (t.shape[0], t.shape[2])
+            dequantized.append((t.float() * descale[:, None, :, None]).transpose(1, 2))
+        calls.append((q.shape, k.shape))
+        return F.scaled_dot_product_attention(*dequantized).transpose(1, 2).to(torch.bfloat16)
+
+    package = types.ModuleType("flash_attn_3")
+    package.__spec__ = importlib.machinery.ModuleSpec("flash_attn_3", None, is_package=True)
+    package.__path__ = []
+    interface = types.ModuleType("flash_attn_3.flash_attn_interface")
+    interface.flash_attn_func = flash_attn_func
+    package.flash_attn_interface = interface
+    monkeypatch.setitem(sys.modules, "flash_attn_3", package)
+    monkeypatch.setitem(sys.modules, "flash_attn_3.flash_attn_interface", interface)
+    return calls
+
+
+def test_quantize_per_head_gives_each_head_its_own_scale():
+    x = torch.randn(2, 64, 3, 16)
+    x[:, :, 1] *= 1e6  # one loud head
+    x8, descale = fp8_candidates.quantize_per_head(x)
+    assert x8.dtype == torch.float8_e4m3fn and descale.dtype == torch.float32 and descale.shape == (2, 3)
+    assert torch.equal(x8.float().abs().amax(dim=(1, 3)), torch.full((2, 3), fp8_candidates.E4M3_MAX))
+    quiet = x[:, :, 0]
+    assert _rel_l2(x8[:, :, 0].float() * descale[:, None, :1], quiet) < 0.05
+    # One scale for the whole tensor would push the quiet head below e4m3's smallest values.
+    t8, tensor_descale = fp8_candidates.quantize_per_tensor(x)
+    assert _rel_l2(t8[:, :, 0].float() * tensor_descale[0, 0], quiet) > 0.5
+
+
+def test_fa3_fp8_attention_compiles_inside_the_blocks_within_fp8_error(fake_fa3):
+    model, out, ref = _routed_compiled_forward("fa3_fp8")
+    assert len(fake_fa3) == 2 * len(model.blocks)  # self- and cross-attention of every block
+    assert 0 < _rel_l2(out, ref) < 0.1  # e4m3 Q, K, V: close, not exact
+
+
+def test_fa3_fp8_smooths_keys_so_a_shared_offset_costs_no_accuracy(fake_fa3):
+    gen = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(1, 256, 2, 32, generator=gen, dtype=torch.bfloat16) for _ in range(3))
+    offset_key = key + 40  # the same vector added to every key: softmax does not see it
+    exact = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (query, key, value))).transpose(1, 2)
+    out = fp8_candidates.fa3_fp8_sdpa(query, offset_key, value)
+    assert out.dtype == torch.bfloat16 and out.shape == query.shape
+    assert _rel_l2(out, exact) < 0.1
+    # Without the smoothing, e4m3 spends its range on the offset and the scores lose their differences.
+    unsmoothed = fp8_candidates.fa3_fp8_attention(
+        *(values for values, _ in map(fp8_candidates.quantize_per_head, (query, offset_key, value))),
+        *(descale for _, descale in map(fp8_candidates.quantize_per_head, (query, offset_key, value))),
+    )
+    assert _rel_l2(unsmoothed, exact) > 2 * _rel_l2(out, exact)

@@ -48,6 +48,18 @@ def test_fp8_linear_matches_the_bf16_layer_within_fp8_error():
     assert _rel_l2(out - fp8(x), linear.bias.expand_as(out)) < 0.05
 
 
+def test_swap_passes_fast_accumulation_on_and_the_worker_leaves_it_off():
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Linear(32, 16)).to(torch.bfloat16)
+    x = torch.randn(5, 64, dtype=torch.bfloat16)
+    with torch.no_grad():
+        ref = model(x)
+        is_linear = lambda module, _: isinstance(module, torch.nn.Linear)  # noqa: E731
+        assert fp8_linear.swap_fp8_linears(model, is_linear, fast_accum=True) == 2
+        assert all(layer.fast_accum for layer in model)
+        assert _rel_l2(model(x), ref) < 0.1
+    assert not Float8RowwiseLinear(torch.nn.Linear(8, 8).to(torch.bfloat16)).fast_accum
+
+
 def test_fp8_linear_traces_in_one_graph():
     linear = Float8RowwiseLinear(torch.nn.Linear(64, 32).to(torch.bfloat16))
     compiled = torch.compile(linear, fullgraph=True, backend="aot_eager")  # a graph break would raise
