@@ -156,7 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--fp8-impl", default="scaled_mm", choices=sorted(FP8_IMPLS), help="FP8 linear layers"
     )
+    parser.add_argument(
+        "--coordinate-descent",
+        action="store_true",
+        help="inductor tunes each generated kernel's launch settings (every variant, lossless too)",
+    )
     args = parser.parse_args(argv)
+    if args.coordinate_descent:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.coordinate_descent_tuning = True
     fp8_name = FP8_IMPLS[args.fp8_impl]
     started = time.time()
     compile = args.device.startswith("cuda")

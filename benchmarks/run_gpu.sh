@@ -44,7 +44,7 @@ case "$part" in
       --ref outputs/presets_ref.pt 2>&1 | tee "$out_dir/presets_sage.log" ;;
   presets_fa3)
     timeout 570 python3 -m benchmarks.presets --only lossless,fp8,fp8_fa3 --fp8-impl "${FP8_IMPL:-scaled_mm}" \
-      --save-ref outputs/presets_ref.pt 2>&1 | tee "$out_dir/presets_fa3.log" ;;
+      ${PRESETS_ARGS:-} --save-ref outputs/presets_ref.pt 2>&1 | tee "$out_dir/presets_fa3.log" ;;
   rest)
     timeout 240 python3 -m benchmarks.vae_text --text-cpu 2>&1 | tee "$out_dir/vae_text.log"
     timeout 200 python3 -m benchmarks.io_rates --dir /tmp/bench_io --gb 12 2>&1 | tee "$out_dir/io_rates.log" ;;
