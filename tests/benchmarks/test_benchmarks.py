@@ -107,16 +107,17 @@ def test_presets_speedup_is_the_lossless_step_over_the_best_fp8_step():
     assert keys["presets_720p_fp8_mm_step_s"] == 15.0
 
 
-def test_tiny_presets_run_with_the_scaled_mm_candidate(tmp_path, monkeypatch):
+@pytest.mark.parametrize("impl, name", [("scaled_mm", "fp8_mm"), ("scaled_mm_fast", "fp8_mm_fast")])
+def test_tiny_presets_run_with_the_scaled_mm_candidate(tmp_path, monkeypatch, impl, name):
     from benchmarks import presets
 
     monkeypatch.setenv("BENCH_RESULTS", str(tmp_path / "results.json"))
-    args = ["--tiny", "--device", "cpu", "--only", "lossless,fp8", "--fp8-impl", "scaled_mm"]
+    args = ["--tiny", "--device", "cpu", "--only", "lossless,fp8", "--fp8-impl", impl]
     assert presets.main(args) == 0
     record = json.loads((tmp_path / "presets.json").read_text())
     assert "fp8" not in record and record["fp8_layers"] > 0
-    assert record["fp8_mm"]["vs_lossless"]["finite"] and 0 < record["fp8_mm"]["vs_lossless"]["rel_l2"] < 0.3
-    assert json.loads((tmp_path / "results.json").read_text())["presets_720p_fp8_mm_step_s"] > 0
+    assert record[name]["vs_lossless"]["finite"] and 0 < record[name]["vs_lossless"]["rel_l2"] < 0.3
+    assert json.loads((tmp_path / "results.json").read_text())[f"presets_720p_{name}_step_s"] > 0
 
 
 def test_tiny_presets_run_saves_a_reference_the_second_process_compares_against(tmp_path, monkeypatch):
