@@ -137,8 +137,9 @@ def summarize(rec: dict[str, Any]) -> dict[str, Any]:
     if best:
         keys["fp8_speedup_720p"] = round(lossless["median_s"] / rec[best]["median_s"], 3)
         keys["fp8_speedup_720p_variant"] = best
-        for name, suffix in (("fp8", ""), ("fp8_mm", "_scaled_mm"), ("fp8_mm_fast", "_scaled_mm_fast")):
+        for impl, name in FP8_IMPLS.items():
             if rec.get(name):
+                suffix = "" if impl == "torchao" else f"_{impl}"  # torchao's key predates the others
                 speedup = lossless["median_s"] / rec[name]["median_s"]
                 keys[f"fp8_speedup_720p_linear_only{suffix}"] = round(speedup, 3)
     return keys
@@ -207,10 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         pipeline.uncompile(model)  # quantize the plain modules; time_variant compiles them again
         if args.fp8_impl == "torchao":
             return fp8_candidates.apply_torchao_fp8(model, presets.is_fp8_target)
-        if args.fp8_impl == "scaled_mm_fast":
-            swap = common.worker_module("fp8_linear").swap_fp8_linears
-            return swap(model, presets.is_fp8_target, fast_accum=True)
-        return presets.apply_fp8(model)
+        return presets.apply_fp8(model, fast_accum=args.fp8_impl == "scaled_mm_fast")
 
     if "fp8" in args.only:
 

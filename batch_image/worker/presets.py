@@ -55,9 +55,10 @@ def is_fp8_target(module: torch.nn.Module, name: str) -> bool:
     )
 
 
-def apply_fp8(expert: torch.nn.Module) -> int:
-    """Dynamic FP8 (e4m3) activations and weights with per-row scales on the blocks' linears; the count."""
-    return swap_fp8_linears(expert, is_fp8_target)
+def apply_fp8(expert: torch.nn.Module, fast_accum: bool = False) -> int:
+    """Dynamic FP8 (e4m3) activations and weights with per-row scales on the blocks' linears; the count.
+    `fast_accum` (Float8RowwiseLinear's) stays off in the worker; benchmarks.presets measures it."""
+    return swap_fp8_linears(expert, is_fp8_target, fast_accum)
 
 
 def check_step_cache(mode: str) -> None:
