@@ -9,7 +9,6 @@ S3 cannot be reached from the GPU machine, so the resume upload is not measured;
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import statistics
 import time
@@ -25,40 +24,20 @@ CHUNK = 64 * 1024**2
 
 
 def resume_save(device: str, tiny: bool, directory: Path, reps: int = 5) -> dict[str, Any]:
-    """Latents + UniPC history (solver_order=2 earlier model outputs), fp32: GPU -> bytes -> disk, fsync."""
+    """The worker's own Spot-resume save (`worker.resume.benchmark_state_save`) of a 720p-sized state into a
+    local folder: the copy off `device` the loop waits for, then serialize, write and fsync."""
+    from worker.resume import benchmark_state_save
+    from worker.storage import LocalStorage
+
     shape = (1, 16, 3, 8, 8) if tiny else (1, *common.LATENT_SHAPES["720p"])
-    gen = torch.Generator(device=device).manual_seed(0)
-    state = {
-        "latents": torch.randn(shape, generator=gen, device=device),
-        "model_outputs": [torch.randn(shape, generator=gen, device=device) for _ in range(2)],
-        "step": 17,
-        "rng": torch.get_rng_state(),
-    }
-    path = directory / "resume_state.pt"
-    times, to_bytes = [], []
-    for _ in range(reps):
-        common.sync(device)
-        t0 = time.perf_counter()
-        host = {
-            k: ([t.cpu() for t in v] if isinstance(v, list) else v.cpu() if torch.is_tensor(v) else v)
-            for k, v in state.items()
-        }
-        buf = io.BytesIO()
-        torch.save(host, buf)
-        t1 = time.perf_counter()
-        with open(path, "wb") as fh:
-            fh.write(buf.getbuffer())
-            fh.flush()
-            os.fsync(fh.fileno())
-        times.append(time.perf_counter() - t0)
-        to_bytes.append(t1 - t0)
-    size = path.stat().st_size
-    path.unlink()
+    saved = benchmark_state_save(
+        LocalStorage(directory, "benchmark-run"), shape=shape, repeats=reps, device=device
+    )
+    totals = [run["copy_s"] + run["write_s"] for run in saved["runs"]]
     return {
-        "median_s": statistics.median(times),
-        "to_bytes_median_s": statistics.median(to_bytes),
-        "times_s": times,
-        "bytes": size,
+        **saved,
+        "median_s": statistics.median(totals),
+        "copy_median_s": statistics.median(run["copy_s"] for run in saved["runs"]),
     }
 
 

@@ -133,3 +133,22 @@ def test_tiny_presets_run_saves_a_reference_the_second_process_compares_against(
     record = json.loads((tmp_path / "presets_sage.json").read_text())
     assert record["fp8_sage_skipped"].startswith("sageattention")
     assert json.loads((tmp_path / "results.json").read_text())["presets_720p_lossless_step_s"] > 0
+
+
+def test_io_rates_times_the_workers_own_resume_save_and_leaves_no_state(tmp_path, monkeypatch):
+    from benchmarks import io_rates
+
+    results = tmp_path / "results.json"
+    monkeypatch.setenv("BENCH_RESULTS", str(results))
+    monkeypatch.setattr(io_rates, "drop_page_cache", lambda path: "fadvise (test)")  # no host-wide drop
+    folder = tmp_path / "io"
+    assert io_rates.main(["--tiny", "--device", "cpu", "--dir", str(folder)]) == 0
+    merged = json.loads(results.read_text())
+    record = json.loads((tmp_path / "io_rates.json").read_text())
+    runs = record["resume_save"]["runs"]
+    assert len(runs) == 5 and all(run["write_s"] > 0 for run in runs)
+    # four fp32 latent-sized tensors (latents, two model outputs, last sample) plus the header
+    assert record["resume_save"]["bytes"] > 4 * 16 * 3 * 8 * 8 * 4
+    assert merged["resume_save_s_720p"] > 0 and merged["resume_state_mb_720p"] > 0
+    assert record["resume_save"]["shape"] == [1, 16, 3, 8, 8]
+    assert not (folder / "resume").exists()  # the saved state is deleted afterwards, folders and all
