@@ -11,11 +11,13 @@
 #   benchmarks/run_e2e.sh swapfull # the swap run, then 480p 40 steps lossless (~9.5 min)
 #   benchmarks/run_e2e.sh swap720  # 720p 4 steps with the whole card, then as a 48 GB card with OFFLOAD=swap:
 #                                  # the 48 GB mode's time ratio from one call (~7 min)
+#   benchmarks/run_e2e.sh swap480  # 480p 4 steps with the whole card, then 480p 40 steps as a 48 GB card with
+#                                  # OFFLOAD=swap, measured (~7 min; build the checkpoint in an earlier call)
 #   benchmarks/run_e2e.sh fp8      # 720p 4 steps, whole card, lossless then QUANTIZATION=fp8 (~6 min)
 #   benchmarks/run_e2e.sh 720p    # 720p 4 steps with the whole card (~3 min)
 # Wheels the machine lacks travel in .whl/ (see BENCHMARKS.md). Results merge into $BENCH_RESULTS.
 set -uo pipefail
-part="${1:?usage: run_e2e.sh quick|full|full2|warm|colddisk|cp2|swap|swapfull|swap720|fp8|720p}"
+part="${1:?usage: run_e2e.sh quick|full|full2|warm|colddisk|cp2|swap|swapfull|swap720|swap480|fp8|720p}"
 cd "$(dirname "$0")/.."
 source benchmarks/gpu_env.sh
 # PyAV's wheel does not fit beside the others in one transfer; a small stand-in reads the MP4 instead.
@@ -78,6 +80,11 @@ case "$part" in
     e2e 200 run --model "$model" --name 720p_4 --size '1280*720' --steps 4
     e2e 230 run --model "$model" --name 720p_4_48gb --size '1280*720' --steps 4 --memory-fraction "$l40s_fraction" \
       --offload swap ;;
+  swap480)
+    e2e 150 build --dir "$model" || exit 1
+    e2e 150 run --model "$model" --name 480p_4 --size '832*480' --steps 4
+    e2e 400 run --model "$model" --name 480p_40_48gb --size '832*480' --steps 40 --memory-fraction "$l40s_fraction" \
+      --offload swap ;;
   fp8)
     e2e 300 build --dir "$model" || exit 1
     e2e 240 run --model "$model" --name 720p_4 --size '1280*720' --steps 4
@@ -86,5 +93,5 @@ case "$part" in
     e2e 300 build --dir "$model" || exit 1
     e2e 300 run --model "$model" --name 720p_4 --size '1280*720' --steps 4 ;;
   *)
-    echo "unknown part: $part (quick|full|full2|warm|colddisk|cp2|swap|swapfull|swap720|fp8|720p)" >&2; exit 64 ;;
+    echo "unknown part: $part (quick|full|full2|warm|colddisk|cp2|swap|swapfull|swap720|swap480|fp8|720p)" >&2; exit 64 ;;
 esac

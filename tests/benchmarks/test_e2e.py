@@ -145,6 +145,23 @@ def test_48gb_mode_keys():
     assert keys["peak_gib_720p_48gb_mode"] == 31.3
     assert keys["host_rss_gib_48gb_mode"] == 71.5
     assert keys["s_per_step_720p_48gb_mode"] == 22.0
+    assert keys["e2e_720p_40_steps_s_48gb_mode_extrapolated"] == summary["extrapolated_s"]
+    assert e2e.time_ratio_keys("720p_4_48gb", 22.0, (20.0, "s_per_step_720p_e2e")) == {
+        "time_ratio_48gb_mode": 1.1, "time_ratio_48gb_mode_reference": "s_per_step_720p_e2e"}  # fmt: skip
+
+
+def test_a_48gb_run_at_another_size_keeps_the_720p_keys_and_records_a_full_run_as_measured():
+    steps = [20.0] + [5.1] * 26 + [9.0] + [5.1] * 12  # 40 steps: the low-noise expert swaps in at step 28
+    run = {"exit_code": 0, "wall_s": 260.0, "events": [{"event": "render_stats", "peak_gpu_gib": 20.0,
+           "host_peak_rss_gib": 15.0}], "child_peak_rss_gib": 15.0}  # fmt: skip
+    summary = e2e.summarize(run, _manifest(steps, total=240.0, denoise=sum(steps)))
+    keys = e2e.result_keys("480p_40_48gb", summary)
+    assert keys["host_rss_gib_480p_48gb_mode"] == 15.0 and "host_rss_gib_48gb_mode" not in keys
+    assert keys["e2e_480p_40_steps_s_48gb_mode"] == 260.0
+    assert not [key for key in keys if key.endswith("extrapolated")]
+    ratio = e2e.time_ratio_keys("480p_40_48gb", 5.1, (5.0, "s_per_step_480p_e2e"))
+    assert ratio["time_ratio_480p_48gb_mode"] == 1.02
+    assert ratio["time_ratio_480p_48gb_mode_reference"] == "s_per_step_480p_e2e"
 
 
 def test_a_failed_run_records_only_its_exit():
